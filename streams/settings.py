@@ -1,0 +1,144 @@
+"""One settings object for every xsp process, read from ``XSP_*`` environment variables.
+
+``Settings.from_env()`` is the only place that reads the environment for
+configuration; everything else receives a ``Settings``. Each field names its
+variable in ``ENV_VARS`` so the README table and the code cannot drift apart
+(``tests/unit/test_settings.py`` checks that the README lists every one).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["ENV_VARS", "Settings", "SettingsError"]
+
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+_STORES = ("memory://", "rocksdb://")
+_GUARANTEES = ("at_least_once", "exactly_once")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration of one xsp process (worker, CLI command, demo).
+
+    Defaults are for a laptop: a local broker on 127.0.0.1:9092 and an
+    in-memory table store. Production sets ``XSP_STORE=rocksdb://``.
+    """
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "xsp"
+    topic_prefix: str = "xsp."
+    partitions: int = 4
+    store: str = "memory://"
+    data_dir: Path = Path(".xsp/data")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    web_enabled: bool = True
+    processing_guarantee: ProcessingGuarantee = "at_least_once"
+    consumer_fetch_max_wait_ms: int = 10
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    rebalance_timeout_s: float = 10.0
+    log_level: str = "info"
+    max_future_skew_ms: int = 5 * 60 * 1000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``).
+
+        Unset variables keep their defaults. Raises ``SettingsError`` with a
+        one-line message naming the variable and the bad value.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            var = ENV_VARS[field.name]
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _convert(var, field.name, raw)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """Return a copy with ``changes`` applied and validated (used by CLI flags)."""
+        updated = replace(self, **changes)  # type: ignore[arg-type]
+        updated.validate()
+        return updated
+
+    def validate(self) -> None:
+        """Raise ``SettingsError`` if the combination of values cannot work."""
+        if self.store not in _STORES:
+            raise SettingsError(
+                f"XSP_STORE must be one of {', '.join(_STORES)}, got {self.store!r}"
+            )
+        if self.processing_guarantee not in _GUARANTEES:
+            raise SettingsError(
+                "XSP_PROCESSING_GUARANTEE must be at_least_once or exactly_once, "
+                f"got {self.processing_guarantee!r}"
+            )
+        if self.partitions < 1:
+            raise SettingsError(f"XSP_PARTITIONS must be >= 1, got {self.partitions}")
+        if not 0 <= self.web_port <= 65535:
+            raise SettingsError(f"XSP_WEB_PORT must be a TCP port, got {self.web_port}")
+        if not self.bootstrap_servers.strip():
+            raise SettingsError("XSP_BOOTSTRAP_SERVERS must not be empty")
+        if self.session_timeout_s <= self.heartbeat_interval_s:
+            raise SettingsError(
+                "XSP_SESSION_TIMEOUT_S must be greater than XSP_HEARTBEAT_INTERVAL_S"
+            )
+
+
+ENV_VARS: dict[str, str] = {
+    "bootstrap_servers": "XSP_BOOTSTRAP_SERVERS",
+    "app_id": "XSP_APP_ID",
+    "topic_prefix": "XSP_TOPIC_PREFIX",
+    "partitions": "XSP_PARTITIONS",
+    "store": "XSP_STORE",
+    "data_dir": "XSP_DATA_DIR",
+    "web_host": "XSP_WEB_HOST",
+    "web_port": "XSP_WEB_PORT",
+    "web_enabled": "XSP_WEB_ENABLED",
+    "processing_guarantee": "XSP_PROCESSING_GUARANTEE",
+    "consumer_fetch_max_wait_ms": "XSP_CONSUMER_FETCH_MAX_WAIT_MS",
+    "session_timeout_s": "XSP_SESSION_TIMEOUT_S",
+    "heartbeat_interval_s": "XSP_HEARTBEAT_INTERVAL_S",
+    "rebalance_timeout_s": "XSP_REBALANCE_TIMEOUT_S",
+    "log_level": "XSP_LOG_LEVEL",
+    "max_future_skew_ms": "XSP_MAX_FUTURE_SKEW_MS",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(var: str, name: str, raw: str) -> object:
+    """Turn the text of ``var`` into the type of field ``name``."""
+    default = getattr(Settings(), name)
+    try:
+        if isinstance(default, bool):
+            lowered = raw.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError:
+        kind = "true/false" if isinstance(default, bool) else type(default).__name__
+        raise SettingsError(f"{var} must be {kind}, got {raw!r}") from None
+    return raw.strip()
