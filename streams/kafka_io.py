@@ -56,6 +56,7 @@ async def create_topics(
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
+            await _wait_for_leaders(admin, [topic.name for topic in wanted])
         return [topic.name for topic in wanted]
     finally:
         await admin.close()
@@ -66,6 +67,24 @@ async def create_xsp_topics(bootstrap: str, names: TopicNames, *, partitions: in
     return await create_topics(
         bootstrap, names.all(), partitions=partitions, compacted=names.compacted()
     )
+
+
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0
+) -> None:
+    """Return once every partition of ``names`` has a leader (producers then get no retries)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        described = await admin.describe_topics(names)
+        if all(
+            t.get("error_code", 0) == 0
+            and t.get("partitions")
+            and all(p.get("leader", -1) >= 0 for p in t["partitions"])
+            for t in described
+        ):
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"topics {names} have no leader after {timeout_s:.0f} s")
 
 
 async def produce(
@@ -113,9 +132,7 @@ async def read_topic(
         while time.monotonic() < deadline:
             if expected is not None and len(messages) >= expected:
                 break
-            if expected is None and all(
-                await consumer.position(tp) >= end for tp, end in ends.items()
-            ):
+            if expected is None and await _at_end(consumer, ends):
                 break
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
@@ -126,6 +143,13 @@ async def read_topic(
         return messages
     finally:
         await consumer.stop()
+
+
+async def _at_end(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
 
 
 async def _partitions_of(

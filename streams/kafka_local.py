@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import shutil
 import signal
@@ -141,6 +142,10 @@ def _die_with_parent() -> None:
 async def _answers(bootstrap: str, timeout_s: float) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
 
+    # A probe expects refusals; aiokafka would log each one as an error.
+    quiet = logging.getLogger("aiokafka")
+    previous = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
     )
@@ -153,6 +158,7 @@ async def _answers(bootstrap: str, timeout_s: float) -> bool:
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+        quiet.setLevel(previous)
 
 
 def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:

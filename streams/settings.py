@@ -75,6 +75,16 @@ class Settings:
         updated.validate()
         return updated
 
+    def to_env(self) -> dict[str, str]:
+        """The ``XSP_*`` variables that rebuild these settings in another process."""
+        env = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            env[ENV_VARS[field.name]] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+        return env
+
     def validate(self) -> None:
         """Raise ``SettingsError`` if the combination of values cannot work."""
         if self.store not in _STORES:
