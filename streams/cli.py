@@ -195,7 +195,7 @@ COMMANDS: list[click.Command] = [kafka, topics, send, dev]
 def _kafka_action(action: str, data_dir: Path) -> dict[str, Any]:
     try:
         if action == "install":
-            return {"installed": str(install_kafka(quiet=False))}
+            return {"installed": str(install_kafka())}
         if action == "status":
             info = read_broker_info(data_dir)
             if info is None:

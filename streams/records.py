@@ -62,9 +62,12 @@ def encode(record: _Record) -> bytes:
 def decode(cls: type[R], raw: bytes | str) -> R:
     """Parse ``raw`` JSON into ``cls``; raise ``ContractError`` with the reason if invalid."""
     try:
-        obj = json.loads(raw)
+        # Decode explicitly: json.loads(bytes) would guess UTF-16/32 from a BOM.
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as exc:
         raise ContractError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ContractError(
             f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"

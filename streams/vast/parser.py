@@ -344,16 +344,6 @@ def _verifications(el: etree._Element) -> list[AdVerification]:
     return [_verification(c) for c in el if (_ln(c.tag) or _local_slow(c.tag)) == "Verification"]
 
 
-_AD_BODY_TAGS = tuple(
-    "{*}" + n
-    for n in (
-        "Impression", "Creatives", "Error", "AdSystem", "AdTitle", "VASTAdTagURI", "VASTAdTagURL",
-        "Pricing", "AdVerifications", "Extensions", "AdServingId", "Video", "TrackingEvents",
-        "NonLinearAds", "CompanionAds",
-    )
-)
-
-
 def _ad(ad_el: etree._Element) -> Ad | None:
     body = None
     kind = ""
@@ -374,8 +364,7 @@ def _ad(ad_el: etree._Element) -> Ad | None:
         ad.fallback_on_no_ad = _bool(body.get("fallbackOnNoAd"), None)
     v1_tracking: list[TrackingEvent] = []
     v1_linear: Creative | None = None
-    # C-level filtering: children we do not read never become Python objects.
-    for c in body.iterchildren(*_AD_BODY_TAGS):
+    for c in body:
         n = _ln(c.tag) or _local_slow(c.tag)
         if n == "Impression":
             ad.impressions.extend(_urls(c))

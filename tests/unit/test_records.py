@@ -1,0 +1,174 @@
+"""Wire contracts: golden files pin the bytes; bad input gets a precise reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streams.records import (
+    AdPayload,
+    AdRequest,
+    ContractError,
+    DeadLetter,
+    Decision,
+    DecisionStatus,
+    Resolution,
+    SpendEvent,
+    decode,
+    encode,
+)
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+
+AD = AdPayload(
+    ad_id="ad-7",
+    media_files=[{"url": "https://cdn.example/a.mp4", "type": "video/mp4", "width": 640}],
+    impression_urls=["https://w.example/imp", "https://i.example/imp"],
+    error_urls=["https://w.example/err?c=[ERRORCODE]"],
+    tracking={"start": ["https://i.example/start"], "complete": ["https://i.example/c"]},
+    click_through="https://advertiser.example/",
+    click_tracking=["https://w.example/click"],
+    price_micros=2_500_000,
+    currency="USD",
+    vast_xml='<VAST version="4.2"/>',
+)
+
+CANONICAL = {
+    "ad_request": AdRequest(
+        request_id="req-1",
+        user_id="user-42",
+        timestamp=1_764_000_000_000,
+        correlator="c-1",
+        cachebusting="cb-1",
+        cookies={"uid": "user-42"},
+        params={"placement": "pre-roll", "campaign_id": "camp-1", "device_ip": "203.0.113.9"},
+        reply_to="edge-1.replies",
+        extra={"edge_version": "2.3"},
+    ),
+    "resolution": Resolution(
+        request_id="req-1",
+        status=DecisionStatus.FILLED,
+        campaign_id="camp-1",
+        ad=AD,
+        hops=2,
+        timings_ms={"hop1": 12.5, "hop2": 8.0},
+        resolved_at=1_764_000_000_050,
+    ),
+    "decision": Decision(
+        request_id="req-1",
+        status=DecisionStatus.CAPPED,
+        user_id="user-42",
+        campaign_id="camp-1",
+        reason="campaign camp-1 cap 5 per 1h reached",
+        decided_at=1_764_000_000_001,
+    ),
+    "decision_filled": Decision(
+        request_id="req-2",
+        status=DecisionStatus.FILLED,
+        user_id="user-42",
+        campaign_id="camp-1",
+        ad=AD,
+        spend_micros=2_500_000,
+        hops=2,
+        timings_ms={"total": 21.0},
+        decided_at=1_764_000_000_060,
+    ),
+    "spend_event": SpendEvent(
+        event_id="ev-1", campaign_id="camp-1", amount_micros=2_500_000, timestamp=1_764_000_000_000
+    ),
+    "dead_letter": DeadLetter(
+        reason="not JSON: Expecting value at line 1 column 1",
+        stage="admit",
+        source_topic="xsp.ad-requests",
+        source_partition=3,
+        source_offset=17,
+        original=b"\xffnot json",
+        original_key=b"user-1",
+        dead_at=1_764_000_000_000,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CANONICAL))
+def test_encoding_matches_golden_file(name: str) -> None:
+    record = CANONICAL[name]
+    golden = (GOLDEN / f"{name}.v1.json").read_bytes().rstrip(b"\n")
+    assert encode(record) == golden
+
+
+@pytest.mark.parametrize("name", sorted(CANONICAL))
+def test_golden_file_decodes_to_the_record(name: str) -> None:
+    record = CANONICAL[name]
+    golden = (GOLDEN / f"{name}.v1.json").read_bytes()
+    assert decode(type(record), golden) == record
+
+
+def test_unknown_fields_survive_a_round_trip() -> None:
+    raw = b'{"request_id":"r","user_id":"u","timestamp":5,"future_field":{"x":1}}'
+    request = decode(AdRequest, raw)
+    assert request.extra == {"future_field": {"x": 1}}
+    assert json.loads(encode(request))["future_field"] == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b"[1]", "expected a JSON object, got list"),
+        (b'{"user_id":"u","timestamp":1}', "AdRequest.request_id is required"),
+        (
+            b'{"request_id":"","user_id":"u","timestamp":1}',
+            "AdRequest.request_id must not be empty",
+        ),
+        (b'{"request_id":"r","timestamp":1}', "AdRequest.user_id is required"),
+        (b'{"request_id":"r","user_id":"u"}', "AdRequest.timestamp is required"),
+        (
+            b'{"request_id":"r","user_id":"u","timestamp":"1"}',
+            'timestamp must be an integer, got "1"',
+        ),
+        (
+            b'{"request_id":"r","user_id":"u","timestamp":true}',
+            "timestamp must be an integer, got true",
+        ),
+        (
+            b'{"request_id":"r","user_id":"u","timestamp":1.5}',
+            "timestamp must be an integer, got 1.5",
+        ),
+        (b'{"request_id":"r","user_id":"u","timestamp":0}', "timestamp must be >= 1, got 0"),
+        (b'{"request_id":7,"user_id":"u","timestamp":1}', "request_id must be a string, got 7"),
+        (b'{"request_id":"r","user_id":"u","timestamp":1,"cookies":{"a":1}}', "cookies.a must be"),
+        (b'{"request_id":"r","user_id":"u","timestamp":1,"params":[]}', "params must be an object"),
+        (
+            b'{"request_id":"r","user_id":"u","timestamp":1,"params":{"campaign_id":3}}',
+            "params.campaign_id must be a string",
+        ),
+        (b'{"v":2,"request_id":"r","user_id":"u","timestamp":1}', "newer than this worker"),
+    ],
+)
+def test_invalid_ad_requests_name_the_problem(raw: bytes, reason: str) -> None:
+    with pytest.raises(ContractError) as error:
+        decode(AdRequest, raw)
+    assert reason in str(error.value)
+
+
+def test_decision_rejects_unknown_status() -> None:
+    with pytest.raises(ContractError, match="status must be one of filled, no_fill"):
+        decode(Decision, b'{"request_id":"r","status":"maybe"}')
+
+
+def test_dead_letter_keeps_arbitrary_bytes() -> None:
+    original = bytes(range(256))
+    letter = DeadLetter("why", "admit", "t", 0, 1, original)
+    assert decode(DeadLetter, encode(letter)).original == original
+
+
+def test_spend_event_allows_refunds_but_needs_integers() -> None:
+    refund = decode(
+        SpendEvent, b'{"event_id":"e","campaign_id":"c","amount_micros":-5,"timestamp":1}'
+    )
+    assert refund.amount_micros == -5
+    with pytest.raises(ContractError, match="amount_micros must be an integer"):
+        decode(SpendEvent, b'{"event_id":"e","campaign_id":"c","amount_micros":2.5,"timestamp":1}')
