@@ -381,9 +381,9 @@ def cap_to_dict(cap: Cap) -> dict[str, Any]:
     return d
 
 
-def _parse_caps(raw: Any, path: str, allowed_scopes: tuple[str, ...], default: Scope) -> tuple[
-    Cap, ...
-]:
+def _parse_caps(
+    raw: Any, path: str, allowed_scopes: tuple[str, ...], default: Scope
+) -> tuple[Cap, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list | tuple):
@@ -497,9 +497,7 @@ def parse_campaign(obj: Any) -> Campaign:
         if end is not None:
             end = _int(end, "schedule.end_ms", 0, _MAX_MS)
         if start is not None and end is not None and end <= start:
-            raise CampaignError(
-                f"schedule.end_ms: {end} is not after schedule.start_ms {start}"
-            )
+            raise CampaignError(f"schedule.end_ms: {end} is not after schedule.start_ms {start}")
         schedule = Schedule(start_ms=start, end_ms=end)
 
     priority = _int(m.get("priority", 0), "priority", -MAX_PRIORITY, MAX_PRIORITY)

@@ -52,6 +52,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from streams.campaign import (
+    CALENDAR_UNIT_SECONDS,
     MAX_WINDOWED_LIMIT,
     Campaign,
     Cap,
@@ -80,7 +81,7 @@ __all__ = [
 ]
 
 DEFAULT_HORIZON_MS = 3_600_000
-DEFAULT_MAX_RECORDS = 1000
+DEFAULT_MAX_RECORDS = 5000
 STATE_VERSION = 1
 _SCOPE_RANK = {"global": 0, "advertiser": 1, "campaign": 2}
 
@@ -235,6 +236,40 @@ class Blocking:
         """Inverse of :meth:`to_dict`."""
         return cls(**d)
 
+    def to_compact(self) -> list[Any]:
+        """``[key, limit, reason, retry_at_ms]``: all other fields derive from the key.
+
+        Capped outcomes are the bulk of a flooded user's records, so they
+        are stored in this short form.
+        """
+        return [self.key, self.limit, self.reason, self.retry_at_ms]
+
+    @classmethod
+    def from_compact(cls, c: list[Any]) -> Blocking:
+        """Inverse of :meth:`to_compact`."""
+        key, limit, reason, retry = c
+        kind, window_ms, unit, _tz = _key_window(key)
+        if kind == "lifetime":
+            cap = Cap(limit, None)
+        elif kind == "calendar":
+            assert unit is not None
+            cap = Cap(limit, CALENDAR_UNIT_SECONDS[unit], "calendar", unit)  # type: ignore[arg-type]
+        else:
+            assert window_ms is not None
+            cap = Cap(limit, window_ms // 1000)
+        label = window_label(cap)
+        return cls(
+            key=key,
+            scope=key.split(":", 1)[0],
+            reason=reason,
+            limit=limit,
+            window_seconds=cap.window_seconds,
+            kind=kind,
+            unit=unit,
+            label=f"recency {label}" if reason == "recency" else label,
+            retry_at_ms=retry,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class _Reservation:
@@ -259,7 +294,7 @@ class _Record:
         if self.keys:
             d["keys"] = list(self.keys)
         if self.blocking is not None:
-            d["block"] = self.blocking.to_dict()
+            d["block"] = self.blocking.to_compact()
         if self.late:
             d["late"] = True
         return d
@@ -272,7 +307,7 @@ class _Record:
             status=d["s"],
             ts_ms=d.get("ts"),
             keys=tuple(d.get("keys", ())),
-            blocking=Blocking.from_dict(b) if b is not None else None,
+            blocking=Blocking.from_compact(b) if b is not None else None,
             late=bool(d.get("late", False)),
         )
 

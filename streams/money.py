@@ -88,9 +88,7 @@ def _decimal_to_micros(d: Decimal, field: str, shown: str) -> int:
     return micros
 
 
-def parse_amount(
-    value: object, *, field: str = "amount", allow_negative: bool = False
-) -> int:
+def parse_amount(value: object, *, field: str = "amount", allow_negative: bool = False) -> int:
     """Parse an amount in currency units into exact integer micros.
 
     Guarantees: the result is an ``int`` equal to ``value * 1_000_000``
