@@ -1,60 +1,72 @@
-"""admit: validate ad requests; invalid ones go to the dead-letter topic, valid ones onwards.
+"""admit: validate ad requests, dedupe, choose a campaign, check caps and reserve a slot.
 
-Source ``ad-requests`` (key ``user_id``), sinks ``budget-requests`` and ``dlq``.
-Runs with concurrency 1 because later it writes the per-user frequency table.
-Invalid input never stops the worker: every failure becomes a DeadLetter.
+Sources ``ad-requests`` and ``frequency-settles`` (both keyed by user) — one
+agent, so the frequency table has exactly one writer and every write lands
+in the changelog partition of its user. Concurrency 1 (DESIGN: table
+writers never run concurrently). Invalid input never stops the worker: it
+goes to the dead-letter topic with the reason.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 
 from faust import StreamT
 
+from agents.wiring import Router, TableStore, dead_letter
 from streams.admission import validate_ad_request
 from streams.app import XspApp
-from streams.records import ContractError, DeadLetter, encode
+from streams.pipeline import (
+    DeadLetterError,
+    decode_or_dead_letter,
+    handle_ad_request,
+    handle_frequency_settle,
+    prune_records,
+)
+from streams.records import ContractError, FrequencySettle, Tick, message_kind
 
 __all__ = ["register"]
 
-log = logging.getLogger(__name__)
 STAGE = "admit"
 
 
 def register(app: XspApp) -> None:
     """Attach the ``admit`` agent to ``app``."""
     topics = app.xsp_topics
-    max_skew_ms = app.xsp_settings.max_future_skew_ms
+    settings = app.xsp_settings
+    channel = app.topic(
+        topics.names.ad_requests,
+        topics.names.frequency_settles,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    store = TableStore(app.xsp_tables.frequency)
+    router = Router(app)
 
-    @app.agent(topics.ad_requests, name=STAGE, concurrency=1)
+    @app.agent(channel, name=STAGE, concurrency=1)
     async def admit(stream: StreamT) -> None:
+        await app.xsp_directory.wait_ready()
         async for event in stream.events():
             message = event.message
-            now_ms = int(time.time() * 1000)
             try:
-                request = validate_ad_request(
-                    message.value, now_ms=now_ms, max_future_skew_ms=max_skew_ms
-                )
-            except ContractError as exc:
-                dead = DeadLetter(
-                    reason=str(exc),
-                    stage=STAGE,
-                    source_topic=message.topic,
-                    source_partition=message.partition,
-                    source_offset=message.offset,
-                    original=message.value or b"",
-                    original_key=message.key,
-                    dead_at=now_ms,
-                )
-                log.info(
-                    "dead-lettered %s:%d@%d: %s",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    exc,
-                )
-                await topics.dlq.send(key=message.key, value=encode(dead))
+                if message.topic == topics.names.ad_requests:
+                    request = validate_ad_request(
+                        message.value,
+                        now_ms=int(time.time() * 1000),
+                        max_future_skew_ms=settings.max_future_skew_ms,
+                    )
+                    outputs = handle_ad_request(
+                        store, request, app.xsp_directory.view, app.xsp_pipeline
+                    )
+                elif message_kind(message.value or b"") == "tick":
+                    prune_records(
+                        store, decode_or_dead_letter(Tick, message.value), app.xsp_pipeline
+                    )
+                    outputs = []
+                else:
+                    settle = decode_or_dead_letter(FrequencySettle, message.value)
+                    outputs = handle_frequency_settle(store, settle, app.xsp_pipeline)
+            except (ContractError, DeadLetterError) as exc:
+                await dead_letter(app, event, STAGE, str(exc))
                 continue
-            route_key = request.campaign_hint or request.user_id
-            await topics.budget_requests.send(key=route_key.encode(), value=encode(request))
+            await router.send(outputs)

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import TopicT
+from faust.types import TableT, TopicT
 
+from streams.campaign_directory import CampaignDirectory
 from streams.faust_transport import Transport
+from streams.pipeline import PipelineConfig
 from streams.settings import Settings
 from streams.topics import TopicNames
 
-__all__ = ["XspApp", "XspTopics", "create_app"]
+__all__ = ["XspApp", "XspTables", "XspTopics", "create_app"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +32,20 @@ class XspTopics:
     budget_requests: TopicT
     resolve_requests: TopicT
     resolutions: TopicT
+    frequency_settles: TopicT
     ad_responses: TopicT
     spend: TopicT
     campaigns: TopicT
+    campaign_status: TopicT
     dlq: TopicT
+
+
+@dataclass(frozen=True, slots=True)
+class XspTables:
+    """The changelog-backed tables: ``frequency`` (key user), ``budget`` (key campaign)."""
+
+    frequency: TableT
+    budget: TableT
 
 
 class XspApp(faust.App):
@@ -41,6 +53,9 @@ class XspApp(faust.App):
 
     xsp_settings: Settings
     xsp_topics: XspTopics
+    xsp_tables: XspTables
+    xsp_directory: CampaignDirectory
+    xsp_pipeline: PipelineConfig
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
@@ -77,12 +92,49 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
         producer_linger_ms=1,
     )
     app.xsp_settings = settings
-    app.xsp_topics = _declare_topics(app, TopicNames.from_prefix(settings.topic_prefix))
+    names = TopicNames.from_prefix(settings.topic_prefix)
+    app.xsp_topics = _declare_topics(app, names)
+    app.xsp_tables = XspTables(
+        frequency=_declare_table(app, "frequency"),
+        budget=_declare_table(app, "budget"),
+    )
+    app.xsp_pipeline = PipelineConfig(
+        budget_ttl_ms=settings.reservation_ttl_ms,
+        frequency_ttl_ms=3 * settings.reservation_ttl_ms,
+        max_hops=settings.vast_max_hops,
+    )
+    app.xsp_directory = CampaignDirectory(
+        settings.bootstrap_servers, names.campaigns, names.campaign_status
+    )
     if register_agents:
-        from agents import admit
-
-        admit.register(app)
+        _register_agents(app)
     return app
+
+
+def _register_agents(app: XspApp) -> None:
+    from agents import admit, budget, campaigns, resolve, ticks
+
+    @app.task
+    async def start_campaign_directory() -> None:
+        await app.xsp_directory.start()
+
+    admit.register(app)
+    budget.register(app)
+    resolve.register(app)
+    campaigns.register(app)
+    ticks.register(app)
+
+
+def _declare_table(app: faust.App, name: str) -> TableT:
+    # Values are canonical JSON bytes produced by streams.pipeline; Faust only
+    # stores and changelogs them.
+    return app.Table(
+        name,
+        default=None,
+        partitions=app.conf.topic_partitions,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
 
 
 def _declare_topics(app: faust.App, names: TopicNames) -> XspTopics:
@@ -101,8 +153,10 @@ def _declare_topics(app: faust.App, names: TopicNames) -> XspTopics:
         budget_requests=declare(names.budget_requests),
         resolve_requests=declare(names.resolve_requests),
         resolutions=declare(names.resolutions),
+        frequency_settles=declare(names.frequency_settles),
         ad_responses=declare(names.ad_responses),
         spend=declare(names.spend),
         campaigns=declare(names.campaigns),
+        campaign_status=declare(names.campaign_status),
         dlq=declare(names.dlq),
     )

@@ -25,14 +25,19 @@ __all__ = [
     "SCHEMA_VERSION",
     "AdPayload",
     "AdRequest",
+    "Admitted",
     "ContractError",
     "DeadLetter",
     "Decision",
     "DecisionStatus",
+    "FrequencySettle",
     "Resolution",
+    "ResolveRequest",
     "SpendEvent",
+    "Tick",
     "decode",
     "encode",
+    "message_kind",
 ]
 
 SCHEMA_VERSION = 1
@@ -294,6 +299,7 @@ class AdPayload:
     click_tracking: list[str] = field(default_factory=list)
     price_micros: int | None = None
     currency: str | None = None
+    price_model: str | None = None
     vast_xml: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -307,6 +313,7 @@ class AdPayload:
             "click_tracking": self.click_tracking,
             "price_micros": self.price_micros,
             "currency": self.currency,
+            "price_model": self.price_model,
             "vast_xml": self.vast_xml,
         }
 
@@ -329,6 +336,9 @@ class AdPayload:
         currency = obj.get("currency")
         if currency is not None and not isinstance(currency, str):
             raise ContractError(f"{where}.currency must be a string")
+        price_model = obj.get("price_model")
+        if price_model is not None and not isinstance(price_model, str):
+            raise ContractError(f"{where}.price_model must be a string")
         return cls(
             ad_id=r.string("ad_id", required=False),
             media_files=list(media),
@@ -339,15 +349,19 @@ class AdPayload:
             click_tracking=r.string_list("click_tracking"),
             price_micros=r.optional_integer("price_micros", minimum=0),
             currency=currency,
+            price_model=price_model,
             vast_xml=vast_xml,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Resolution(_Record):
-    """What the resolve stage found for one request (topic ``resolutions``, key ``request_id``).
+    """What the resolve stage found for one request (topic ``resolutions``, key ``campaign_id``).
 
     Recorded so that replaying the topics never calls an ad server again.
+    Keyed by campaign because the budget agent settles it in the campaign's
+    row; ``user_id`` and ``reply_to`` travel along for the frequency settle
+    and the decision.
     """
 
     KIND: ClassVar[str] = "Resolution"
@@ -360,12 +374,20 @@ class Resolution(_Record):
     hops: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     resolved_at: int = 0
+    user_id: str = ""
+    reply_to: str | None = None
+    request_timestamp: int = 0
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "v": SCHEMA_VERSION,
             "request_id": self.request_id,
             "status": self.status.value,
+            "user_id": self.user_id,
+            "reply_to": self.reply_to,
+            "request_timestamp": self.request_timestamp,
+            "reason": self.reason,
             "campaign_id": self.campaign_id,
             "ad": None if self.ad is None else self.ad.to_dict(),
             "vast_error_code": self.vast_error_code,
@@ -386,6 +408,10 @@ class Resolution(_Record):
             hops=r.integer("hops", required=False, minimum=0),
             timings_ms=r.number_map("timings_ms"),
             resolved_at=r.integer("resolved_at", required=False, minimum=0),
+            user_id=r.string("user_id", required=False),
+            reply_to=r.optional_identifier("reply_to"),
+            request_timestamp=r.integer("request_timestamp", required=False, minimum=0),
+            reason=r.string("reason", required=False),
         )
 
 
@@ -548,3 +574,154 @@ def _b64(text: Any, where: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except ValueError:
         raise ContractError(f"{where} is not valid base64") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted(_Record):
+    """admit → budget (topic ``budget-requests``, key ``campaign_id``).
+
+    The request passed its caps for ``campaign_id``; a cap slot is reserved
+    in the user's row until the budget agent commits or releases it.
+    """
+
+    KIND: ClassVar[str] = "Admitted"
+
+    request: AdRequest
+    campaign_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "kind": "admitted",
+            "request": self.request.to_dict(),
+            "campaign_id": self.campaign_id,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Admitted:
+        r = _Reader(cls.KIND, obj)
+        return cls(
+            request=AdRequest.from_dict(_sub(r, "request")),
+            campaign_id=r.identifier("campaign_id"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveRequest(_Record):
+    """budget → resolve (topic ``resolve-requests``, key ``request_id``).
+
+    The budget is reserved; ``vast_url`` is the campaign's tag template
+    (macros still unfilled) and ``max_hops`` the wrapper limit for the chain.
+    """
+
+    KIND: ClassVar[str] = "ResolveRequest"
+
+    request: AdRequest
+    campaign_id: str
+    vast_url: str
+    max_price_micros: int
+    currency: str
+    max_hops: int = 5
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "kind": "resolve",
+            "request": self.request.to_dict(),
+            "campaign_id": self.campaign_id,
+            "vast_url": self.vast_url,
+            "max_price_micros": self.max_price_micros,
+            "currency": self.currency,
+            "max_hops": self.max_hops,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> ResolveRequest:
+        r = _Reader(cls.KIND, obj)
+        return cls(
+            request=AdRequest.from_dict(_sub(r, "request")),
+            campaign_id=r.identifier("campaign_id"),
+            vast_url=r.string("vast_url"),
+            max_price_micros=r.integer("max_price_micros", minimum=0),
+            currency=r.string("currency"),
+            max_hops=r.integer("max_hops", required=False, default=5, minimum=1),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencySettle(_Record):
+    """budget → admit (topic ``frequency-settles``, key ``user_id``): commit or release a slot."""
+
+    KIND: ClassVar[str] = "FrequencySettle"
+
+    request_id: str
+    user_id: str
+    action: str
+    timestamp: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "kind": "frequency_settle",
+            "request_id": self.request_id,
+            "user_id": self.user_id,
+            "action": self.action,
+            "timestamp": self.timestamp,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> FrequencySettle:
+        r = _Reader(cls.KIND, obj)
+        action = r.string("action")
+        if action not in ("commit", "release"):
+            raise ContractError(f"FrequencySettle.action must be commit or release, got {action!r}")
+        return cls(
+            request_id=r.identifier("request_id"),
+            user_id=r.identifier("user_id"),
+            action=action,
+            timestamp=r.integer("timestamp", minimum=0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(_Record):
+    """A clock event for one partition: lets a stage expire reservations on idle rows.
+
+    Ticks are written to the stage's input topic, so a replay sees the same
+    ticks at the same offsets and rebuilds the same state.
+    """
+
+    KIND: ClassVar[str] = "Tick"
+
+    timestamp: int
+    prune: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "kind": "tick",
+            "timestamp": self.timestamp,
+            "prune": self.prune,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Tick:
+        r = _Reader(cls.KIND, obj)
+        return cls(timestamp=r.integer("timestamp", minimum=0), prune=obj.get("prune") is True)
+
+
+def _sub(r: _Reader, name: str) -> dict[str, Any]:
+    value = r.obj.get(name)
+    if not isinstance(value, dict):
+        raise ContractError(f"{r.kind}.{name} must be an object, got {_show(value)}")
+    return value
+
+
+def message_kind(raw: bytes) -> str | None:
+    """The ``kind`` of an internal-topic record without a full decode (None if absent)."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) else None

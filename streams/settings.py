@@ -49,6 +49,13 @@ class Settings:
     rebalance_timeout_s: float = 10.0
     log_level: str = "info"
     max_future_skew_ms: int = 5 * 60 * 1000
+    resolve_concurrency: int = 64
+    vast_timeout_s: float = 3.0
+    vast_max_hops: int = 5
+    vast_allowed_networks: str = ""
+    reservation_ttl_ms: int = 5_000
+    tick_interval_s: float = 1.0
+    api_token: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +109,15 @@ class Settings:
             raise SettingsError(f"XSP_WEB_PORT must be a TCP port, got {self.web_port}")
         if not self.bootstrap_servers.strip():
             raise SettingsError("XSP_BOOTSTRAP_SERVERS must not be empty")
+        if self.resolve_concurrency < 1:
+            raise SettingsError(
+                f"XSP_RESOLVE_CONCURRENCY must be >= 1, got {self.resolve_concurrency}"
+            )
+        if self.reservation_ttl_ms <= self.vast_timeout_s * 1000:
+            raise SettingsError(
+                "XSP_RESERVATION_TTL_MS must exceed the VAST deadline "
+                f"(XSP_VAST_TIMEOUT_S={self.vast_timeout_s}), got {self.reservation_ttl_ms}"
+            )
         if self.session_timeout_s <= self.heartbeat_interval_s:
             raise SettingsError(
                 "XSP_SESSION_TIMEOUT_S must be greater than XSP_HEARTBEAT_INTERVAL_S"
@@ -125,6 +141,13 @@ ENV_VARS: dict[str, str] = {
     "rebalance_timeout_s": "XSP_REBALANCE_TIMEOUT_S",
     "log_level": "XSP_LOG_LEVEL",
     "max_future_skew_ms": "XSP_MAX_FUTURE_SKEW_MS",
+    "resolve_concurrency": "XSP_RESOLVE_CONCURRENCY",
+    "vast_timeout_s": "XSP_VAST_TIMEOUT_S",
+    "vast_max_hops": "XSP_VAST_MAX_HOPS",
+    "vast_allowed_networks": "XSP_VAST_ALLOWED_NETWORKS",
+    "reservation_ttl_ms": "XSP_RESERVATION_TTL_MS",
+    "tick_interval_s": "XSP_TICK_INTERVAL_S",
+    "api_token": "XSP_API_TOKEN",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

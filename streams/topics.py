@@ -20,9 +20,11 @@ class TopicNames:
     budget_requests: str
     resolve_requests: str
     resolutions: str
+    frequency_settles: str
     ad_responses: str
     spend: str
     campaigns: str
+    campaign_status: str
     dlq: str
 
     @classmethod
@@ -33,9 +35,11 @@ class TopicNames:
             budget_requests=f"{prefix}budget-requests",
             resolve_requests=f"{prefix}resolve-requests",
             resolutions=f"{prefix}resolutions",
+            frequency_settles=f"{prefix}frequency-settles",
             ad_responses=f"{prefix}ad-responses",
             spend=f"{prefix}spend",
             campaigns=f"{prefix}campaigns",
+            campaign_status=f"{prefix}campaign-status",
             dlq=f"{prefix}dlq",
         )
 
@@ -46,12 +50,14 @@ class TopicNames:
             self.budget_requests,
             self.resolve_requests,
             self.resolutions,
+            self.frequency_settles,
             self.ad_responses,
             self.spend,
             self.campaigns,
+            self.campaign_status,
             self.dlq,
         ]
 
     def compacted(self) -> set[str]:
         """Topics that keep only the latest value per key (configuration, not events)."""
-        return {self.campaigns}
+        return {self.campaigns, self.campaign_status}

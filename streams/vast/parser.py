@@ -15,7 +15,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import re
 import threading
 from decimal import Decimal, InvalidOperation
 
@@ -37,12 +36,37 @@ from .model import (
 
 __all__ = ["make_parser", "parse_vast", "parse_vast_tree"]
 
-# A DOCTYPE can only appear in the prolog (before the root element), so this
-# only scans the XML declaration, comments and PIs that may precede it; a
-# "<!DOCTYPE html>" inside an HTMLResource CDATA section is legitimately left alone.
-_DOCTYPE_IN_PROLOG = re.compile(
-    rb"^(?:\xef\xbb\xbf)?\s*(?:(?:<\?.*?\?>|<!--.*?-->)\s*)*<!DOCTYPE", re.IGNORECASE | re.DOTALL
-)
+# A DOCTYPE can only appear in the prolog (before the root element), so only
+# the XML declaration, comments and PIs that may precede it are scanned; a
+# "<!DOCTYPE html>" inside an HTMLResource CDATA section is legitimately left
+# alone. The scan is a linear walk with bytes.find: an earlier regex
+# (nested lazy repetition) backtracked exponentially on a prolog of many PIs
+# such as b"<?a?>" * 30, which would have stalled the event loop.
+_BOM = b"\xef\xbb\xbf"
+_WS = b" \t\r\n"
+
+
+def _doctype_in_prolog(data: bytes) -> bool:
+    """True if a DOCTYPE appears before the first element (case-insensitive)."""
+    i = 3 if data.startswith(_BOM) else 0
+    n = len(data)
+    while True:
+        while i < n and data[i] in _WS:
+            i += 1
+        if data.startswith(b"<?", i):
+            end = data.find(b"?>", i + 2)
+            if end < 0:
+                return False  # unterminated PI: not well-formed, lxml refuses it
+            i = end + 2
+        elif data.startswith(b"<!--", i):
+            end = data.find(b"-->", i + 4)
+            if end < 0:
+                return False
+            i = end + 3
+        else:
+            return data[i : i + 9].upper() == b"<!DOCTYPE"
+
+
 _SUPPORTED_MAJORS = frozenset({1, 2, 3, 4})
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
@@ -95,31 +119,47 @@ def _local(tag: object) -> str:
 
 
 def _text(el: etree._Element) -> str:
-    return (el.text or "").strip()
+    t = el.text
+    return t.strip() if t else ""
 
 
 def _urls(el: etree._Element) -> list[str]:
     """URL(s) of a URI element; VAST 1 nests them in ``<URL>`` children."""
-    t = (el.text or "").strip()
-    if t:
+    t = el.text
+    if t and (t := t.strip()):
         return [t]
     out = []
     for c in el:
-        if (_ln(c.tag) or _local_slow(c.tag)) == "URL":
-            u = (c.text or "").strip()
-            if u:
+        tag = c.tag
+        if (_ln(tag) or _local_slow(tag)) == "URL":
+            u = c.text
+            if u and (u := u.strip()):
                 out.append(u)
     return out
 
 
+def _add_urls(out: list[str], el: etree._Element) -> None:
+    """Append the URL(s) of ``el`` to ``out`` (the common one-text-URL case inline)."""
+    t = el.text
+    if t and (t := t.strip()):
+        out.append(t)
+    elif len(el):
+        out.extend(_urls(el))
+
+
 def _first_url(el: etree._Element) -> str | None:
-    u = _urls(el)
+    t = el.text
+    if t and (t := t.strip()):
+        return t
+    u = _urls(el) if len(el) else None
     return u[0] if u else None
 
 
 def _int(v: str | None) -> int | None:
     if v is None:
         return None
+    if v.isdecimal():  # the common case; int() accepts every Unicode decimal digit
+        return int(v)
     try:
         return int(v)  # int() already ignores surrounding whitespace
     except ValueError:
@@ -156,48 +196,68 @@ def parse_duration(value: str | None) -> float | None:
     return h * 3600 + m * 60 + s
 
 
-def _tracking(el: etree._Element) -> list[TrackingEvent]:
-    out: list[TrackingEvent] = []
+def _tracking_into(out: list[TrackingEvent], el: etree._Element) -> None:
+    """Append the ``<Tracking>`` children of a ``<TrackingEvents>`` to ``out``."""
     append = out.append
     for t in el:
-        if (_ln(t.tag) or _local_slow(t.tag)) != "Tracking":
+        tag = t.tag
+        if (_ln(tag) or _local_slow(tag)) != "Tracking":
             continue
         ev = t.get("event")
         if not ev:
             continue
-        u = (t.text or "").strip()
-        if u:  # the common VAST 2+ shape: the URL is the element text
+        u = t.text
+        if u and (u := u.strip()):  # the common VAST 2+ shape: the URL is the element text
             append(TrackingEvent(ev.strip(), u, t.get("offset")))
         else:
+            offset = t.get("offset")
             for u in _urls(t):
-                append(TrackingEvent(ev.strip(), u, t.get("offset")))
+                append(TrackingEvent(ev.strip(), u, offset))
+
+
+def _tracking(el: etree._Element) -> list[TrackingEvent]:
+    out: list[TrackingEvent] = []
+    _tracking_into(out, el)
     return out
 
 
-def _media_files(el: etree._Element) -> list[MediaFile]:
-    out: list[MediaFile] = []
+def _media_files_into(out: list[MediaFile], el: etree._Element) -> None:
+    append = out.append
     for m in el:
-        if (_ln(m.tag) or _local_slow(m.tag)) != "MediaFile":
+        tag = m.tag
+        if (_ln(tag) or _local_slow(tag)) != "MediaFile":
             continue
-        url = (m.text or "").strip() or _first_url(m)
-        if not url:
-            continue  # a MediaFile without a URL cannot be played: skip, don't fail
-        g = dict(m.items()).get  # one C call instead of eleven proxy look-ups
-        out.append(
+        url = m.text
+        if not (url and (url := url.strip())):
+            url = _first_url(m)
+            if not url:
+                continue  # a MediaFile without a URL cannot be played: skip, don't fail
+        g = m.get
+        w = g("width")
+        h = g("height")
+        br = g("bitrate")
+        mn = g("minBitrate")
+        mx = g("maxBitrate")
+        append(
             MediaFile(
                 url,
                 g("delivery"),
                 g("type"),
-                _int(g("width")),
-                _int(g("height")),
-                _int(g("bitrate")),
-                _int(g("minBitrate")),
-                _int(g("maxBitrate")),
+                int(w) if w is not None and w.isdecimal() else _int(w),
+                int(h) if h is not None and h.isdecimal() else _int(h),
+                int(br) if br is not None and br.isdecimal() else _int(br),
+                None if mn is None else _int(mn),
+                None if mx is None else _int(mx),
                 g("codec"),
                 g("apiFramework"),
                 g("id"),
             )
         )
+
+
+def _media_files(el: etree._Element) -> list[MediaFile]:
+    out: list[MediaFile] = []
+    _media_files_into(out, el)
     return out
 
 
@@ -207,23 +267,25 @@ def _linear_into(cr: Creative, lin: etree._Element) -> None:
     if skip:
         cr.skip_offset = skip
     for c in lin:
-        n = (_ln(c.tag) or _local_slow(c.tag))
-        if n == "Duration":
+        tag = c.tag
+        n = _ln(tag) or _local_slow(tag)
+        if n == "TrackingEvents":
+            _tracking_into(cr.tracking_events, c)
+        elif n == "MediaFiles":
+            _media_files_into(cr.media_files, c)
+        elif n == "Duration":
             cr.duration = _text(c) or None
             cr.duration_s = parse_duration(cr.duration)
-        elif n == "MediaFiles":
-            cr.media_files.extend(_media_files(c))
-        elif n == "TrackingEvents":
-            cr.tracking_events.extend(_tracking(c))
         elif n == "VideoClicks":
             for vc in c:
-                vn = (_ln(vc.tag) or _local_slow(vc.tag))
+                vtag = vc.tag
+                vn = _ln(vtag) or _local_slow(vtag)
                 if vn == "ClickThrough":
                     cr.click_through = _first_url(vc)
                 elif vn == "ClickTracking":
-                    cr.click_trackings.extend(_urls(vc))
+                    _add_urls(cr.click_trackings, vc)
                 elif vn == "CustomClick":
-                    cr.custom_clicks.extend(_urls(vc))
+                    _add_urls(cr.custom_clicks, vc)
         elif n == "AdID" and cr.ad_id is None:  # VAST 1 <Video><AdID>
             cr.ad_id = _text(c) or None
 
@@ -233,7 +295,8 @@ def _resources(el: etree._Element) -> tuple[list[Resource], str | None, list[str
     click: str | None = None
     tracks: list[str] = []
     for c in el:
-        n = (_ln(c.tag) or _local_slow(c.tag))
+        tag = c.tag
+        n = _ln(tag) or _local_slow(tag)
         if n == "StaticResource":
             res.append(Resource("static", _text(c), c.get("creativeType")))
         elif n == "IFrameResource":
@@ -242,16 +305,17 @@ def _resources(el: etree._Element) -> tuple[list[Resource], str | None, list[str
             res.append(Resource("html", _text(c)))
         elif n == "URL":  # VAST 1 NonLinear/Companion resource URL
             res.append(Resource("static", _text(c), el.get("creativeType")))
-        elif n in ("NonLinearClickThrough", "CompanionClickThrough"):
+        elif n == "NonLinearClickThrough" or n == "CompanionClickThrough":
             click = _first_url(c)
-        elif n in ("NonLinearClickTracking", "CompanionClickTracking"):
-            tracks.extend(_urls(c))
+        elif n == "NonLinearClickTracking" or n == "CompanionClickTracking":
+            _add_urls(tracks, c)
     return res, click, tracks
 
 
 def _nonlinear_into(cr: Creative, el: etree._Element) -> None:
     for c in el:
-        n = (_ln(c.tag) or _local_slow(c.tag))
+        tag = c.tag
+        n = _ln(tag) or _local_slow(tag)
         if n == "NonLinear":
             res, click, tracks = _resources(c)
             cr.nonlinears.append(
@@ -260,18 +324,20 @@ def _nonlinear_into(cr: Creative, el: etree._Element) -> None:
             )
             cr.click_trackings.extend(tracks)
         elif n == "TrackingEvents":
-            cr.tracking_events.extend(_tracking(c))
+            _tracking_into(cr.tracking_events, c)
 
 
 def _companions_into(cr: Creative, el: etree._Element) -> None:
     for c in el:
-        if (_ln(c.tag) or _local_slow(c.tag)) != "Companion":
+        tag = c.tag
+        if (_ln(tag) or _local_slow(tag)) != "Companion":
             continue
         res, click, tracks = _resources(c)
         tev: list[TrackingEvent] = []
         for t in c:
-            if (_ln(t.tag) or _local_slow(t.tag)) == "TrackingEvents":
-                tev.extend(_tracking(t))
+            ttag = t.tag
+            if (_ln(ttag) or _local_slow(ttag)) == "TrackingEvents":
+                _tracking_into(tev, t)
         cr.companions.append(
             Companion(c.get("id"), _int(c.get("width")), _int(c.get("height")), res, click, tracks,
                       tev)
@@ -282,25 +348,29 @@ def _creative(el: etree._Element) -> Creative | None:
     cr: Creative | None = None
     uids: list[str] = []
     for c in el:
-        n = (_ln(c.tag) or _local_slow(c.tag))
+        tag = c.tag
+        n = _ln(tag) or _local_slow(tag)
         if n == "Linear":
             cr = Creative("linear")
             _linear_into(cr, c)
+        elif n == "UniversalAdId":
+            t = _text(c) or c.get("idValue")
+            if t:
+                uids.append(t)
         elif n == "NonLinearAds":
             cr = Creative("nonlinear")
             _nonlinear_into(cr, c)
         elif n == "CompanionAds":
             cr = Creative("companion")
             _companions_into(cr, c)
-        elif n == "UniversalAdId":
-            t = _text(c) or c.get("idValue")
-            if t:
-                uids.append(t)
     if cr is None:
         return None
-    cr.id = el.get("id")
-    cr.ad_id = el.get("adId") or el.get("AdID")
-    cr.sequence = _int(el.get("sequence"))
+    g = el.get
+    cr.id = g("id")
+    cr.ad_id = g("adId") or g("AdID")
+    seq = g("sequence")
+    if seq is not None:
+        cr.sequence = _int(seq)
     cr.universal_ad_ids = uids
     return cr
 
@@ -328,13 +398,14 @@ def parse_pricing(el: etree._Element) -> Pricing | None:
 def _verification(el: etree._Element) -> AdVerification:
     v = AdVerification(vendor=el.get("vendor"))
     for c in el:
-        n = (_ln(c.tag) or _local_slow(c.tag))
+        tag = c.tag
+        n = _ln(tag) or _local_slow(tag)
         if n == "JavaScriptResource":
-            v.javascript_resources.extend(_urls(c))
+            _add_urls(v.javascript_resources, c)
         elif n == "ExecutableResource":
-            v.executable_resources.extend(_urls(c))
+            _add_urls(v.executable_resources, c)
         elif n == "TrackingEvents":
-            v.tracking_events.extend(_tracking(c))
+            _tracking_into(v.tracking_events, c)
         elif n == "VerificationParameters":
             v.parameters = _text(c) or None
     return v
@@ -348,7 +419,8 @@ def _ad(ad_el: etree._Element) -> Ad | None:
     body = None
     kind = ""
     for c in ad_el:
-        n = (_ln(c.tag) or _local_slow(c.tag))
+        tag = c.tag
+        n = _ln(tag) or _local_slow(tag)
         if n == "InLine":
             body, kind = c, "inline"
             break
@@ -357,62 +429,73 @@ def _ad(ad_el: etree._Element) -> Ad | None:
             break
     if body is None:
         return None
-    ad = Ad(kind=kind, id=ad_el.get("id"), sequence=_int(ad_el.get("sequence")))  # type: ignore[arg-type]
+    seq = ad_el.get("sequence")
+    ad = Ad(kind, ad_el.get("id"), None if seq is None else _int(seq))  # type: ignore[arg-type]
     if kind == "wrapper":
         ad.follow_additional_wrappers = bool(_bool(body.get("followAdditionalWrappers"), True))
         ad.allow_multiple_ads = bool(_bool(body.get("allowMultipleAds"), False))
         ad.fallback_on_no_ad = _bool(body.get("fallbackOnNoAd"), None)
+    impressions = ad.impressions
+    errors = ad.errors
+    creatives = ad.creatives
     v1_tracking: list[TrackingEvent] = []
     v1_linear: Creative | None = None
+    # Branches are ordered by how often the element occurs in real responses.
     for c in body:
-        n = _ln(c.tag) or _local_slow(c.tag)
+        tag = c.tag
+        n = _ln(tag) or _local_slow(tag)
         if n == "Impression":
-            ad.impressions.extend(_urls(c))
+            t = c.text
+            if t and (t := t.strip()):
+                impressions.append(t)
+            else:
+                impressions.extend(_urls(c))
         elif n == "Creatives":
             for cr_el in c:
-                if (_ln(cr_el.tag) or _local_slow(cr_el.tag)) == "Creative":
+                ctag = cr_el.tag
+                if (_ln(ctag) or _local_slow(ctag)) == "Creative":
                     cr = _creative(cr_el)
                     if cr is not None:
-                        ad.creatives.append(cr)
+                        creatives.append(cr)
         elif n == "Error":
-            ad.errors.extend(_urls(c))
+            _add_urls(errors, c)
         elif n == "AdSystem":
             ad.ad_system = _text(c) or None
         elif n == "AdTitle":
             ad.ad_title = _text(c) or None
-        elif n in ("VASTAdTagURI", "VASTAdTagURL"):
+        elif n == "VASTAdTagURI" or n == "VASTAdTagURL":
             ad.vast_ad_tag_uri = _first_url(c)
         elif n == "Pricing":
             if ad.pricing is None:
                 ad.pricing = parse_pricing(c)
-        elif n == "AdVerifications":
-            ad.verifications.extend(_verifications(c))
+        elif n == "AdServingId":
+            ad.ad_serving_id = _text(c) or None
         elif n == "Extensions":
             # VAST 3 carried verification in <Extension type="AdVerifications">.
             for sub in c.iter("{*}AdVerifications"):
                 ad.verifications.extend(_verifications(sub))
-        elif n == "AdServingId":
-            ad.ad_serving_id = _text(c) or None
+        elif n == "AdVerifications":
+            ad.verifications.extend(_verifications(c))
         # VAST 1.0 layout: <Video>, <TrackingEvents>, <NonLinearAds>, <CompanionAds>
         # sit directly under InLine/Wrapper.
         elif n == "Video":
             v1_linear = Creative("linear")
             _linear_into(v1_linear, c)
-            ad.creatives.append(v1_linear)
+            creatives.append(v1_linear)
         elif n == "TrackingEvents":
-            v1_tracking.extend(_tracking(c))
+            _tracking_into(v1_tracking, c)
         elif n == "NonLinearAds":
             cr = Creative("nonlinear")
             _nonlinear_into(cr, c)
-            ad.creatives.append(cr)
+            creatives.append(cr)
         elif n == "CompanionAds":
             cr = Creative("companion")
             _companions_into(cr, c)
-            ad.creatives.append(cr)
+            creatives.append(cr)
     if v1_tracking:
         if v1_linear is None:
             v1_linear = Creative("linear")
-            ad.creatives.append(v1_linear)
+            creatives.append(v1_linear)
         v1_linear.tracking_events.extend(v1_tracking)
     return ad
 
@@ -438,9 +521,9 @@ def parse_vast_tree(data: bytes | str) -> etree._Element:
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    if not data or not data.strip():
+    if not data or data.isspace():
         raise VastError(VastErrorCode.XML_PARSE_ERROR, "empty document", reason="empty")
-    if _DOCTYPE_IN_PROLOG.match(data):
+    if _doctype_in_prolog(data):
         raise VastError(VastErrorCode.XML_PARSE_ERROR, "DOCTYPE/DTD not allowed", reason="doctype")
     try:
         root = etree.fromstring(data, _parser())

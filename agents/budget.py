@@ -1,0 +1,81 @@
+"""budget: reserve, settle and adjust campaign spend — the one writer of the budget table.
+
+Sources ``budget-requests`` (Admitted requests and clock ticks),
+``resolutions`` (settle: commit at the actual price or release) and
+``spend`` (the edge's ``track_budget`` events), all keyed by campaign, so
+every write to a campaign's row lands in that campaign's changelog
+partition. Settling lives here rather than in a separate agent because the
+commit must happen in the campaign's row: a separate settle agent would
+have to forward every resolution to this one, one more Kafka hop per request.
+"""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import murmur2
+from faust import StreamT
+
+from agents.wiring import Router, TableStore, dead_letter
+from streams.app import XspApp
+from streams.pipeline import (
+    DeadLetterError,
+    decode_or_dead_letter,
+    handle_admitted,
+    handle_budget_tick,
+    handle_resolution,
+    handle_spend,
+)
+from streams.records import Admitted, Resolution, SpendEvent, Tick, message_kind
+
+__all__ = ["partition_of", "register"]
+
+STAGE = "budget"
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key`` (murmur2, as the producer)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def register(app: XspApp) -> None:
+    """Attach the ``budget`` agent to ``app``."""
+    names = app.xsp_topics.names
+    channel = app.topic(
+        names.budget_requests,
+        names.resolutions,
+        names.spend,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    store = TableStore(app.xsp_tables.budget)
+    router = Router(app)
+    partitions = app.xsp_settings.partitions
+
+    @app.agent(channel, name=STAGE, concurrency=1)
+    async def budget(stream: StreamT) -> None:
+        await app.xsp_directory.wait_ready()
+        async for event in stream.events():
+            message = event.message
+            view = app.xsp_directory.view
+            config = app.xsp_pipeline
+            try:
+                if message.topic == names.resolutions:
+                    resolution = decode_or_dead_letter(Resolution, message.value)
+                    outputs = handle_resolution(store, resolution, view, config)
+                elif message.topic == names.spend:
+                    spend = decode_or_dead_letter(SpendEvent, message.value)
+                    outputs = handle_spend(store, spend, config)
+                elif message_kind(message.value or b"") == "tick":
+                    tick = decode_or_dead_letter(Tick, message.value)
+                    mine = [
+                        cid
+                        for cid in view.campaigns
+                        if partition_of(cid, partitions) == message.partition
+                    ]
+                    outputs = handle_budget_tick(store, tick, config, mine)
+                else:
+                    admitted = decode_or_dead_letter(Admitted, message.value)
+                    outputs = handle_admitted(store, admitted, view, config)
+            except DeadLetterError as exc:
+                await dead_letter(app, event, STAGE, str(exc))
+                continue
+            await router.send(outputs)

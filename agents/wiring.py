@@ -1,0 +1,105 @@
+"""What every agent shares: the table adapter, message routing, dead letters.
+
+Kept out of ``streams/`` because it is the only code besides the agents that
+knows Faust's table and topic objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from faust.types import EventT, TableT, TopicT
+
+from streams.app import XspApp
+from streams.pipeline import Output
+from streams.records import DeadLetter, encode
+
+__all__ = ["Router", "TableStore", "dead_letter"]
+
+log = logging.getLogger(__name__)
+
+
+class TableStore:
+    """A Faust table seen as the ``RowStore`` the pipeline handlers use (str keys, bytes values).
+
+    Must only be used inside the agent's stream iteration: Faust writes each
+    change to the changelog partition of the event being processed.
+    """
+
+    def __init__(self, table: TableT) -> None:
+        self.table = table
+
+    def get(self, key: str) -> bytes | None:
+        value = self.table.get(key.encode())
+        return None if value is None else bytes(value)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.table[key.encode()] = value
+
+    def delete(self, key: str) -> None:
+        encoded = key.encode()
+        if encoded in self.table:
+            del self.table[encoded]
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        wanted = prefix.encode()
+        # Materialised first: deleting while iterating a store is not allowed.
+        items = [(k, v) for k, v in self.table.items() if bytes(k).startswith(wanted)]
+        for key, value in items:
+            yield bytes(key).decode(), bytes(value)
+
+
+class Router:
+    """Sends pipeline ``Output``s to their topics (decisions to the request's reply topic)."""
+
+    def __init__(self, app: XspApp) -> None:
+        topics = app.xsp_topics
+        self.app = app
+        self.routes: dict[str, TopicT] = {
+            "budget": topics.budget_requests,
+            "resolve": topics.resolve_requests,
+            "frequency": topics.frequency_settles,
+            "status": topics.campaign_status,
+            "decision": topics.ad_responses,
+        }
+        self._reply_topics: dict[str, TopicT] = {}
+
+    def _topic(self, output: Output) -> TopicT:
+        if output.route == "decision" and output.topic:
+            topic = self._reply_topics.get(output.topic)
+            if topic is None:
+                topic = self.app.topic(output.topic, key_serializer="raw", value_serializer="raw")
+                self._reply_topics[output.topic] = topic
+            return topic
+        return self.routes[output.route]
+
+    async def send(self, outputs: Sequence[Output]) -> None:
+        for output in outputs:
+            await self._topic(output).send(key=output.key.encode(), value=output.value)
+
+
+async def dead_letter(app: XspApp, event: EventT, stage: str, reason: str) -> None:
+    """Send the event's original bytes to the DLQ with the reason and where it came from."""
+    message: Any = event.message
+    letter = DeadLetter(
+        reason=reason,
+        stage=stage,
+        source_topic=message.topic,
+        source_partition=message.partition,
+        source_offset=message.offset,
+        original=message.value or b"",
+        original_key=message.key,
+        dead_at=int(time.time() * 1000),
+    )
+    log.info(
+        "dead-lettered %s:%d@%d (%s): %s",
+        message.topic,
+        message.partition,
+        message.offset,
+        stage,
+        reason,
+    )
+    await app.xsp_topics.dlq.send(key=message.key, value=encode(letter))

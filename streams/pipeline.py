@@ -1,0 +1,702 @@
+"""The decision pipeline as plain functions: state rows in, state rows and messages out.
+
+Each agent in ``agents/`` is a loop around one of these handlers; nothing
+here imports Faust. A handler reads and writes rows through a ``RowStore``
+(the agent backs it with its Faust table, unit tests with a dict), and
+returns the messages to send as ``Output`` values.
+
+Rows and keys
+-------------
+* frequency table (owned by ``admit``, source keyed by user):
+  ``u:<user>`` = the user's cap state (``streams.caps.FrequencyState`` without
+  its outcome records) plus recent serve times for advisory queries;
+  ``r:<user>\\x1f<request>`` = the outcome record of one request.
+* budget table (owned by ``budget``, source keyed by campaign):
+  ``c:<campaign>`` = ``streams.budget.BudgetState`` without records, plus the
+  routing data (user, reply topic) of every pending reservation;
+  ``r:<campaign>\\x1f<request>`` and ``s:<campaign>\\x1f<spend event>`` = one
+  outcome record each.
+
+Outcome records live under their own keys because a row that remembered
+every request would grow with traffic and be rewritten (and sent to the
+changelog) whole on every event: 10,000 requests for one campaign made a
+600 kB row. Every key still starts with the row's key, so it lands in the
+same partition as the row.
+
+Money and decisions
+-------------------
+* A request reaches ``filled`` only if its budget reservation was still
+  pending when its Resolution arrived; a Resolution that arrives after the
+  reservation expired is released and the decision is ``timeout`` — the
+  edge never plays an ad that was not paid for within the budget.
+* Every handler is idempotent by request id (or spend event id): a
+  redelivered message re-derives the same decision and re-sends the same
+  downstream messages, and re-writes its row (DESIGN: the changelog may be
+  behind local state after a crash).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+
+from streams import budget as budget_logic
+from streams import caps as caps_logic
+from streams.campaign import Campaign, canonical_json
+from streams.campaign_directory import DirectoryView
+from streams.records import (
+    Admitted,
+    AdPayload,
+    AdRequest,
+    ContractError,
+    Decision,
+    DecisionStatus,
+    FrequencySettle,
+    Resolution,
+    ResolveRequest,
+    SpendEvent,
+    Tick,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "DeadLetterError",
+    "Output",
+    "PipelineConfig",
+    "RowStore",
+    "budget_snapshot",
+    "decode_or_dead_letter",
+    "frequency_snapshot",
+    "handle_ad_request",
+    "handle_admitted",
+    "handle_budget_tick",
+    "handle_frequency_settle",
+    "handle_resolution",
+    "handle_spend",
+    "prune_records",
+]
+
+SEP = "\x1f"
+R = TypeVar("R", AdRequest, Admitted, FrequencySettle, Resolution, SpendEvent, Tick)
+TIMEOUT_REASON = "no resolution before the budget reservation expired"
+Route = Literal["budget", "resolve", "decision", "frequency", "status"]
+
+
+class RowStore(Protocol):
+    """The table operations a handler needs (a Faust table in agents, a dict in tests)."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One message a handler wants sent; ``topic`` is set only for decisions (reply topic)."""
+
+    route: Route
+    key: str
+    value: bytes
+    topic: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """Timing rules of the money core (all event time, milliseconds).
+
+    ``budget_ttl_ms`` must exceed the resolve deadline so a healthy chain
+    always settles before its reservation expires; the cap slot lives longer
+    (``frequency_ttl_ms``) so the budget's verdict always reaches it first.
+    ``horizon_ms`` is how long outcome records are remembered for dedupe.
+    """
+
+    budget_ttl_ms: int = 5_000
+    frequency_ttl_ms: int = 15_000
+    horizon_ms: int = 3_600_000
+    max_hops: int = 5
+    served_log_ms: int = 86_400_000
+    served_log_max: int = 1_000
+
+
+class DeadLetterError(ValueError):
+    """The input cannot be processed; the agent dead-letters it with this message."""
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _load(store: RowStore, key: str) -> dict[str, Any] | None:
+    raw = store.get(key)
+    return None if raw is None else json.loads(raw)
+
+
+def _record_key(row_key: str, request_id: str) -> str:
+    return f"r:{row_key}{SEP}{request_id}"
+
+
+def _hydrated(
+    store: RowStore, state_dict: dict[str, Any], row_key: str, ids: Iterable[str]
+) -> dict[str, Any]:
+    """``state_dict`` with the outcome records of ``ids`` put back, as the logic expects them."""
+    records = {}
+    for rid in ids:
+        rec = _load(store, _record_key(row_key, rid))
+        if rec is not None:
+            records[rid] = rec["rec"]
+    return {**state_dict, "records": records}
+
+
+def _store_records(
+    store: RowStore, row_key: str, state_dict: dict[str, Any], extra: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Move outcome records out of ``state_dict`` into their own keys; return the slim state."""
+    for rid, rec in state_dict.pop("records", {}).items():
+        value = {"rec": rec, "at": rec.get("at", 0), **extra.get(rid, {})}
+        store.put(_record_key(row_key, rid), canonical_json(value))
+    state_dict["records"] = {}
+    # The floor guards forgotten ids inside one row; here records expire by key instead.
+    state_dict["floor_ms"] = None
+    return state_dict
+
+
+def _prune(store: RowStore, prefix: str, older_than_ms: int) -> int:
+    stale = [k for k, v in store.scan(prefix) if json.loads(v).get("at", 0) < older_than_ms]
+    for key in stale:
+        store.delete(key)
+    return len(stale)
+
+
+def prune_records(store: RowStore, tick: Tick, config: PipelineConfig) -> int:
+    """Forget outcome records (``r:``/``s:`` keys) older than the dedupe horizon."""
+    if not tick.prune:
+        return 0
+    cutoff = tick.timestamp - config.horizon_ms
+    return _prune(store, "r:", cutoff) + _prune(store, "s:", cutoff)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def _decision(
+    request_id: str,
+    status: DecisionStatus,
+    *,
+    user_id: str,
+    reply_to: str | None,
+    decided_at: int,
+    campaign_id: str | None = None,
+    reason: str = "",
+    ad: AdPayload | None = None,
+    spend_micros: int = 0,
+    vast_error_code: int | None = None,
+    hops: int = 0,
+) -> Output:
+    decision = Decision(
+        request_id=request_id,
+        status=status,
+        user_id=user_id,
+        campaign_id=campaign_id,
+        ad=ad,
+        vast_error_code=vast_error_code,
+        reason=reason,
+        spend_micros=spend_micros,
+        hops=hops,
+        decided_at=decided_at,
+    )
+    return Output("decision", request_id, encode(decision), topic=reply_to)
+
+
+def _frequency(request_id: str, user_id: str, action: str, ts: int) -> Output:
+    settle = FrequencySettle(request_id=request_id, user_id=user_id, action=action, timestamp=ts)
+    return Output("frequency", user_id, encode(settle))
+
+
+# --------------------------------------------------------------------------- admit
+
+
+def _user_key(user_id: str) -> str:
+    return f"u:{user_id}"
+
+
+@dataclass
+class _UserRow:
+    """A user's row: cap state, campaigns of pending reservations, recent serve times."""
+
+    state: caps_logic.FrequencyState
+    pending: dict[str, str]
+    served: list[int]
+    record_campaign: str | None
+
+
+def _load_user(store: RowStore, user_id: str, request_id: str) -> _UserRow:
+    row_key = _user_key(user_id)
+    row = _load(store, row_key)
+    base = row["state"] if row else caps_logic.FrequencyState().to_dict()
+    state = caps_logic.FrequencyState.from_dict(_hydrated(store, base, row_key, [request_id]))
+    record = _load(store, _record_key(row_key, request_id))
+    return _UserRow(
+        state=state,
+        pending=dict(row.get("pending", {})) if row else {},
+        served=list(row.get("served", [])) if row else [],
+        record_campaign=record.get("campaign") if record else None,
+    )
+
+
+def _save_user(store: RowStore, user_id: str, row: _UserRow) -> None:
+    row_key = _user_key(user_id)
+    # Reservations that became records (settled or expired) take their campaign along.
+    extra = {
+        rid: {"campaign": row.pending.pop(rid)}
+        for rid in list(row.pending)
+        if rid not in row.state.reservations
+    }
+    slim = _store_records(store, row_key, row.state.to_dict(), extra)
+    body = {"state": slim, "pending": row.pending, "served": row.served}
+    store.put(row_key, canonical_json(body))
+
+
+def handle_ad_request(
+    store: RowStore, request: AdRequest, view: DirectoryView, config: PipelineConfig
+) -> list[Output]:
+    """admit: dedupe, pick a campaign, check every cap and reserve one slot, in the user's row.
+
+    Guarantees: at most one reservation per request id; a duplicate request
+    re-sends what the first one sent; a capped request gets one ``capped``
+    decision naming the window that blocked it; an unknown campaign hint
+    raises ``DeadLetterError``.
+    """
+    rid, ts = request.request_id, request.timestamp
+    row = _load_user(store, request.user_id, rid)
+    chosen = row.pending.get(rid) or row.record_campaign
+    candidates = _candidates(request, view, chosen)
+    if not candidates:
+        return [
+            _decision(
+                rid,
+                DecisionStatus.NO_FILL,
+                user_id=request.user_id,
+                reply_to=request.reply_to,
+                decided_at=ts,
+                reason="no eligible campaign (none in schedule and not exhausted)",
+            )
+        ]
+    outcome, campaign = _reserve_first(row.state, candidates, view, rid, ts, config)
+    if outcome.status == "stale":
+        raise DeadLetterError(
+            f"request {rid!r} is older than the dedupe horizon of user {request.user_id!r}"
+        )
+    if outcome.status == "reserved":
+        if rid in row.state.reservations:
+            row.pending[rid] = campaign.campaign_id
+        _save_user(store, request.user_id, row)
+        admitted = Admitted(request=request, campaign_id=campaign.campaign_id)
+        return [Output("budget", campaign.campaign_id, encode(admitted))]
+    _save_user(store, request.user_id, row)
+    store.put(
+        _record_key(_user_key(request.user_id), rid),
+        _with_campaign(store.get(_record_key(_user_key(request.user_id), rid)), campaign),
+    )
+    return [
+        _decision(
+            rid,
+            DecisionStatus.CAPPED,
+            user_id=request.user_id,
+            reply_to=request.reply_to,
+            decided_at=ts,
+            campaign_id=campaign.campaign_id,
+            reason=_capped_reason(outcome),
+        )
+    ]
+
+
+def _with_campaign(raw: bytes | None, campaign: Campaign) -> bytes:
+    value = json.loads(raw) if raw is not None else {"at": 0}
+    value["campaign"] = campaign.campaign_id
+    return canonical_json(value)
+
+
+def _candidates(request: AdRequest, view: DirectoryView, chosen_id: str | None) -> list[Campaign]:
+    if chosen_id is not None:
+        campaign = view.campaigns.get(chosen_id)
+        if campaign is None:
+            raise DeadLetterError(f"campaign {chosen_id!r} no longer exists")
+        return [campaign]
+    hint = request.campaign_hint
+    if hint is not None:
+        campaign = view.campaigns.get(hint)
+        if campaign is None:
+            raise DeadLetterError(f"unknown campaign {hint!r}")
+        return [campaign]
+    return [
+        c
+        for c in view.by_priority()
+        if c.schedule.contains(request.timestamp) and c.campaign_id not in view.exhausted
+    ]
+
+
+def _reserve_first(
+    state: caps_logic.FrequencyState,
+    candidates: list[Campaign],
+    view: DirectoryView,
+    rid: str,
+    ts: int,
+    config: PipelineConfig,
+) -> tuple[caps_logic.ReserveOutcome, Campaign]:
+    """Reserve with the first campaign whose caps allow it; else record the first one's cap."""
+    if len(candidates) > 1 and rid not in state.records and rid not in state.reservations:
+        for campaign in candidates:
+            trial = caps_logic.FrequencyState.from_dict(state.to_dict())
+            probe = caps_logic.check_and_reserve(
+                trial,
+                campaign,
+                view.global_caps,
+                rid,
+                ts,
+                config.frequency_ttl_ms,
+                horizon_ms=config.horizon_ms,
+            )
+            if probe.status == "reserved":
+                return _reserve(state, campaign, view, rid, ts, config), campaign
+    campaign = candidates[0]
+    return _reserve(state, campaign, view, rid, ts, config), campaign
+
+
+def _reserve(
+    state: caps_logic.FrequencyState,
+    campaign: Campaign,
+    view: DirectoryView,
+    rid: str,
+    ts: int,
+    config: PipelineConfig,
+) -> caps_logic.ReserveOutcome:
+    return caps_logic.check_and_reserve(
+        state,
+        campaign,
+        view.global_caps,
+        rid,
+        ts,
+        config.frequency_ttl_ms,
+        horizon_ms=config.horizon_ms,
+    )
+
+
+def _capped_reason(outcome: caps_logic.ReserveOutcome) -> str:
+    blocking = outcome.blocking
+    if blocking is None:
+        return "capped"
+    described = blocking.to_dict()
+    parts = [f"{k}={v}" for k, v in sorted(described.items()) if v is not None]
+    return "frequency cap reached: " + ", ".join(parts)
+
+
+def handle_frequency_settle(
+    store: RowStore, settle: FrequencySettle, config: PipelineConfig
+) -> list[Output]:
+    """admit: commit (ad served) or release (not served) one cap slot. Idempotent."""
+    row = _load_user(store, settle.user_id, settle.request_id)
+    if settle.action == "commit":
+        result = caps_logic.commit(
+            row.state, settle.request_id, settle.timestamp, horizon_ms=config.horizon_ms
+        )
+        if result.status in ("committed", "committed_late"):
+            cutoff = settle.timestamp - config.served_log_ms
+            served = [t for t in row.served if t > cutoff] + [settle.timestamp]
+            row.served = sorted(served)[-config.served_log_max :]
+    else:
+        caps_logic.release(row.state, settle.request_id)
+    _save_user(store, settle.user_id, row)
+    return []
+
+
+def frequency_snapshot(store: RowStore, user_id: str, now_ms: int) -> dict[str, Any]:
+    """The advisory view the edge's ``check_frequency_cap`` reads (served and pending)."""
+    row = _load(store, _user_key(user_id))
+    served: list[int] = row.get("served", []) if row else []
+    pending = len(row["state"].get("reservations", {})) if row else 0
+    return {
+        "user_id": user_id,
+        "as_of_ms": now_ms,
+        "served_last_hour": sum(1 for t in served if t > now_ms - 3_600_000),
+        "served_last_day": sum(1 for t in served if t > now_ms - 86_400_000),
+        "pending": pending,
+    }
+
+
+# --------------------------------------------------------------------------- budget
+
+
+def _campaign_key(campaign_id: str) -> str:
+    return f"c:{campaign_id}"
+
+
+def _budget_state(
+    store: RowStore, campaign_id: str, ids: Iterable[str]
+) -> tuple[budget_logic.BudgetState, dict[str, Any]]:
+    row_key = _campaign_key(campaign_id)
+    row = _load(store, row_key)
+    base = row["state"] if row else budget_logic.BudgetState(campaign_id=campaign_id).to_dict()
+    state = budget_logic.BudgetState.from_dict(_hydrated(store, base, row_key, ids))
+    extras = {
+        "meta": dict(row.get("meta", {})) if row else {},
+        "exhausted": bool(row.get("exhausted", False)) if row else False,
+    }
+    return state, extras
+
+
+def _save_budget(
+    store: RowStore,
+    campaign_id: str,
+    state: budget_logic.BudgetState,
+    extras: dict[str, Any],
+    record_extra: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    row_key = _campaign_key(campaign_id)
+    state_dict = state.to_dict()
+    for event_id, spend in state_dict.pop("spend_events", {}).items():
+        store.put(
+            f"s:{row_key}{SEP}{event_id}",
+            canonical_json({"spend": spend, "at": spend.get("at", 0)}),
+        )
+    state_dict["spend_events"] = {}
+    slim = _store_records(store, row_key, state_dict, record_extra or {})
+    store.put(
+        row_key,
+        canonical_json({"state": slim, "meta": extras["meta"], "exhausted": extras["exhausted"]}),
+    )
+
+
+def _expire_budget(
+    state: budget_logic.BudgetState, extras: dict[str, Any], now_ms: int, campaign_id: str
+) -> list[Output]:
+    """Release reservations past their TTL: a timeout decision and a cap release for each."""
+    _, expired = budget_logic.expire(state, now_ms)
+    outputs: list[Output] = []
+    for rid in expired:
+        meta = extras["meta"].pop(rid, None)
+        if meta is None:
+            continue
+        user_id, reply_to, ts = meta
+        outputs.append(_frequency(rid, user_id, "release", ts))
+        outputs.append(
+            _decision(
+                rid,
+                DecisionStatus.TIMEOUT,
+                user_id=user_id,
+                reply_to=reply_to,
+                decided_at=ts,
+                campaign_id=campaign_id,
+                reason=TIMEOUT_REASON,
+            )
+        )
+    return outputs
+
+
+def handle_admitted(
+    store: RowStore, admitted: Admitted, view: DirectoryView, config: PipelineConfig
+) -> list[Output]:
+    """budget: reserve the campaign's maximum price if spent + reserved + price fits the budget.
+
+    Guarantees: ``spent + reserved <= total`` (and daily) after every event,
+    so overspend is impossible however many requests are in flight; an
+    exhausted campaign is announced on ``campaign-status`` so admit skips it.
+    """
+    request = admitted.request
+    rid, ts, cid = request.request_id, request.timestamp, admitted.campaign_id
+    campaign = view.campaigns.get(cid)
+    if campaign is None:
+        raise DeadLetterError(f"unknown campaign {cid!r}")
+    state, extras = _budget_state(store, cid, [rid])
+    outputs = _expire_budget(state, extras, max(ts, state.clock_ms or ts), cid)
+    _, result = budget_logic.try_reserve(
+        state, campaign, rid, ts, config.budget_ttl_ms, horizon_ms=config.horizon_ms
+    )
+    if isinstance(result, budget_logic.Stale):
+        raise DeadLetterError(f"request {rid!r} is older than the dedupe horizon of {cid!r}")
+    if isinstance(result, budget_logic.Reserved):
+        if rid in state.reservations:
+            extras["meta"].setdefault(rid, [request.user_id, request.reply_to, ts])
+        else:
+            # Already settled or expired: the settle path re-sends the decision.
+            _save_budget(store, cid, state, extras)
+            return outputs
+        resolve = ResolveRequest(
+            request=request,
+            campaign_id=cid,
+            vast_url=campaign.vast_url,
+            max_price_micros=result.amount_micros,
+            currency=campaign.price.currency,
+            max_hops=config.max_hops,
+        )
+        _save_budget(store, cid, state, extras)
+        return [*outputs, Output("resolve", rid, encode(resolve))]
+    # Exhausted: nothing was reserved.
+    outputs.append(_frequency(rid, request.user_id, "release", ts))
+    outputs.append(
+        _decision(
+            rid,
+            DecisionStatus.BUDGET_EXHAUSTED,
+            user_id=request.user_id,
+            reply_to=request.reply_to,
+            decided_at=ts,
+            campaign_id=cid,
+            reason=f"{result.reason} budget of campaign {cid} cannot cover another impression",
+        )
+    )
+    if result.reason in ("total", "daily") and not extras["exhausted"]:
+        extras["exhausted"] = True
+        outputs.append(_status(cid, True, result.reason))
+    _save_budget(store, cid, state, extras)
+    return outputs
+
+
+def _status(campaign_id: str, exhausted: bool, reason: str) -> Output:
+    body = {"campaign_id": campaign_id, "exhausted": exhausted, "reason": reason}
+    return Output("status", campaign_id, canonical_json(body))
+
+
+def handle_resolution(
+    store: RowStore, resolution: Resolution, view: DirectoryView, config: PipelineConfig
+) -> list[Output]:
+    """settle (in the budget row): commit at the actual price or release; one decision.
+
+    Guarantees: a fill is charged ``min(actual, reserved)`` only while its
+    reservation is pending; the decision for a request is the same however
+    often its Resolution is delivered.
+    """
+    cid = resolution.campaign_id
+    if cid is None:
+        raise DeadLetterError("Resolution.campaign_id is required")
+    rid = resolution.request_id
+    campaign = view.campaigns.get(cid)
+    state, extras = _budget_state(store, cid, [rid])
+    now = resolution.resolved_at or resolution.request_timestamp
+    outputs = _expire_budget(state, extras, now, cid)
+    extras["meta"].pop(rid, None)
+    pending = rid in state.reservations
+    filled = resolution.status == DecisionStatus.FILLED
+    price: int | None = None
+    if pending and filled and campaign is not None:
+        price = budget_logic.actual_price(campaign, _vast_pricing(resolution.ad))
+    _, settled = budget_logic.settle(state, rid, price if pending else None, ts_ms=now)
+    record = state.records.get(rid)
+    charged = record.amount if record is not None and record.status == "settled" else 0
+    status, reason = _settled_status(resolution, record.status if record else None)
+    action = "commit" if status == DecisionStatus.FILLED else "release"
+    outputs.append(_frequency(rid, resolution.user_id, action, resolution.request_timestamp))
+    outputs.append(
+        _decision(
+            rid,
+            status,
+            user_id=resolution.user_id,
+            reply_to=resolution.reply_to,
+            decided_at=resolution.request_timestamp,
+            campaign_id=cid,
+            reason=reason,
+            ad=resolution.ad if status == DecisionStatus.FILLED else None,
+            spend_micros=charged if status == DecisionStatus.FILLED else 0,
+            vast_error_code=resolution.vast_error_code,
+            hops=resolution.hops,
+        )
+    )
+    if extras["exhausted"] and campaign is not None and settled.status == "released":
+        left = budget_logic.remaining(state, campaign, now)
+        if left.total_micros >= campaign.max_price_micros and (
+            left.daily_micros is None or left.daily_micros >= campaign.max_price_micros
+        ):
+            extras["exhausted"] = False
+            outputs.append(_status(cid, False, "budget available again"))
+    _save_budget(store, cid, state, extras)
+    return outputs
+
+
+def _settled_status(
+    resolution: Resolution, record_status: str | None
+) -> tuple[DecisionStatus, str]:
+    if record_status == "settled":
+        return DecisionStatus.FILLED, ""
+    if resolution.status == DecisionStatus.FILLED:
+        # Only a late fill is released: its reservation had expired first.
+        return DecisionStatus.TIMEOUT, TIMEOUT_REASON
+    return resolution.status, resolution.reason
+
+
+def _vast_pricing(ad: AdPayload | None) -> budget_logic.VastPricing | None:
+    if ad is None or ad.price_micros is None or not ad.currency:
+        return None
+    return budget_logic.VastPricing(
+        model=(ad.price_model or "cpm").lower(), currency=ad.currency, value_micros=ad.price_micros
+    )
+
+
+def handle_spend(store: RowStore, event: SpendEvent, config: PipelineConfig) -> list[Output]:
+    """spend: apply an edge's adjustment to the campaign's spend once per event id."""
+    if event.amount_micros < 0:
+        raise DeadLetterError(f"SpendEvent.amount_micros must be >= 0, got {event.amount_micros}")
+    cid = event.campaign_id
+    state, extras = _budget_state(store, cid, [])
+    row_key = _campaign_key(cid)
+    seen = _load(store, f"s:{row_key}{SEP}{event.event_id}")
+    if seen is not None:
+        state.spend_events.clear()
+        state_dict = state.to_dict()
+        state_dict["spend_events"] = {event.event_id: seen["spend"]}
+        state = budget_logic.BudgetState.from_dict(state_dict)
+    _, result = budget_logic.apply_spend(
+        state, event.event_id, event.amount_micros, event.timestamp, horizon_ms=config.horizon_ms
+    )
+    if result.status == "stale":
+        raise DeadLetterError(f"spend event {event.event_id!r} is older than the dedupe horizon")
+    _save_budget(store, cid, state, extras)
+    return []
+
+
+def handle_budget_tick(
+    store: RowStore, tick: Tick, config: PipelineConfig, campaign_ids: Iterable[str]
+) -> list[Output]:
+    """budget: expire reservations of idle campaigns (timeout decisions, cap releases)."""
+    outputs: list[Output] = []
+    for cid in campaign_ids:
+        state, extras = _budget_state(store, cid, [])
+        if not state.reservations:
+            continue
+        expired = _expire_budget(state, extras, tick.timestamp, cid)
+        if expired:
+            outputs += expired
+            _save_budget(store, cid, state, extras)
+    prune_records(store, tick, config)
+    return outputs
+
+
+def budget_snapshot(store: RowStore, campaign: Campaign, now_ms: int) -> dict[str, Any]:
+    """The advisory view behind the edge's ``get_budget``."""
+    state, extras = _budget_state(store, campaign.campaign_id, [])
+    left = budget_logic.remaining(state, campaign, now_ms)
+    day = budget_logic.day_key(now_ms, campaign.timezone)
+    return {
+        "campaign_id": campaign.campaign_id,
+        "currency": campaign.price.currency,
+        "total_micros": campaign.budget.total_micros,
+        "daily_micros": campaign.budget.daily_micros,
+        "spent_micros": state.spent_total,
+        "spent_today_micros": state.spent_by_day.get(day, 0),
+        "reserved_micros": state.reserved_total,
+        "remaining_micros": left.total_micros,
+        "exhausted": bool(extras["exhausted"]),
+    }
+
+
+def decode_or_dead_letter(cls: type[R], raw: bytes | None) -> R:
+    """Decode an internal-topic record; malformed input becomes a ``DeadLetterError``."""
+    if raw is None:
+        raise DeadLetterError("empty message (tombstone)")
+    try:
+        return decode(cls, raw)
+    except ContractError as exc:
+        raise DeadLetterError(str(exc)) from None

@@ -1,0 +1,326 @@
+"""The decision pipeline's handlers over an in-memory row store (no broker).
+
+These drive the same functions the agents call, message by message, so the
+money rules are checked in microseconds; tests/integration runs them inside
+real workers on a real broker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from streams.campaign import parse_campaign
+from streams.campaign_directory import DirectoryView
+from streams.pipeline import (
+    DeadLetterError,
+    Output,
+    PipelineConfig,
+    budget_snapshot,
+    frequency_snapshot,
+    handle_ad_request,
+    handle_admitted,
+    handle_budget_tick,
+    handle_frequency_settle,
+    handle_resolution,
+    handle_spend,
+)
+from streams.records import (
+    Admitted,
+    AdPayload,
+    AdRequest,
+    Decision,
+    DecisionStatus,
+    FrequencySettle,
+    Resolution,
+    ResolveRequest,
+    SpendEvent,
+    Tick,
+    decode,
+)
+
+T0 = 1_764_000_000_000
+CONFIG = PipelineConfig(budget_ttl_ms=5_000, frequency_ttl_ms=15_000)
+
+
+class DictStore:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.writes = 0
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.writes += 1
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        yield from [(k, v) for k, v in self.data.items() if k.startswith(prefix)]
+
+
+def campaign(cid: str = "c1", **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "campaign_id": cid,
+        "advertiser_id": "adv",
+        "price": {"model": "cpi", "amount": "2.5", "currency": "USD"},
+        "budget": {"total": "100", "timezone": "UTC"},
+        "caps": [],
+        "vast_url": "http://127.0.0.1:9/inline",
+    }
+    config.update(overrides)
+    return config
+
+
+def directory(*configs: dict[str, Any]) -> DirectoryView:
+    view = DirectoryView()
+    for config in configs:
+        view.campaigns[config["campaign_id"]] = parse_campaign(config)
+    return view
+
+
+class Pipeline:
+    """Routes outputs between handlers like the topics would, recording decisions."""
+
+    def __init__(self, view: DirectoryView) -> None:
+        self.view = view
+        self.users = DictStore()
+        self.campaigns = DictStore()
+        self.decisions: list[Decision] = []
+        self.resolve_queue: list[ResolveRequest] = []
+        self.statuses: list[dict[str, Any]] = []
+
+    def route(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if out.route == "decision":
+                self.decisions.append(decode(Decision, out.value))
+            elif out.route == "budget":
+                self.route(
+                    handle_admitted(self.campaigns, decode(Admitted, out.value), self.view, CONFIG)
+                )
+            elif out.route == "resolve":
+                self.resolve_queue.append(decode(ResolveRequest, out.value))
+            elif out.route == "frequency":
+                settle = decode(FrequencySettle, out.value)
+                self.route(handle_frequency_settle(self.users, settle, CONFIG))
+            elif out.route == "status":
+                status = json.loads(out.value)
+                self.statuses.append(status)
+                if status["exhausted"]:
+                    self.view.exhausted[status["campaign_id"]] = status["reason"]
+                else:
+                    self.view.exhausted.pop(status["campaign_id"], None)
+
+    def request(self, rid: str, user: str = "u1", ts: int = T0, **params: Any) -> None:
+        req = AdRequest(request_id=rid, user_id=user, timestamp=ts, params=params)
+        self.route(handle_ad_request(self.users, req, self.view, CONFIG))
+
+    def resolve_all(
+        self, status: DecisionStatus = DecisionStatus.FILLED, delay_ms: int = 50
+    ) -> None:
+        queue, self.resolve_queue = self.resolve_queue, []
+        for item in queue:
+            self.route(
+                handle_resolution(
+                    self.campaigns, resolution(item, status, delay_ms), self.view, CONFIG
+                )
+            )
+
+
+def resolution(item: ResolveRequest, status: DecisionStatus, delay_ms: int = 50) -> Resolution:
+    ad = AdPayload(ad_id="ad-1", vast_xml="<VAST/>") if status == DecisionStatus.FILLED else None
+    return Resolution(
+        request_id=item.request.request_id,
+        status=status,
+        campaign_id=item.campaign_id,
+        ad=ad,
+        resolved_at=item.request.timestamp + delay_ms,
+        user_id=item.request.user_id,
+        reply_to=item.request.reply_to,
+        request_timestamp=item.request.timestamp,
+    )
+
+
+def by_status(decisions: list[Decision]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for d in decisions:
+        counts[d.status.value] = counts.get(d.status.value, 0) + 1
+    return counts
+
+
+def test_a_request_flows_to_a_filled_decision_and_is_charged() -> None:
+    p = Pipeline(directory(campaign()))
+    p.request("r1")
+    assert len(p.resolve_queue) == 1 and p.resolve_queue[0].max_price_micros == 2_500_000
+    p.resolve_all()
+    [decision] = p.decisions
+    assert decision.status == DecisionStatus.FILLED
+    assert decision.spend_micros == 2_500_000
+    assert decision.ad is not None and decision.ad.vast_xml == "<VAST/>"
+    snapshot = budget_snapshot(p.campaigns, p.view.campaigns["c1"], T0 + 100)
+    assert snapshot["spent_micros"] == 2_500_000
+    assert snapshot["reserved_micros"] == 0
+    assert frequency_snapshot(p.users, "u1", T0 + 100)["served_last_hour"] == 1
+
+
+def test_caps_5_per_hour_under_a_burst_then_5_more_an_hour_later() -> None:
+    p = Pipeline(
+        directory(campaign(caps=[{"limit": 5, "window": "1h"}, {"limit": 20, "window": "1d"}]))
+    )
+    for i in range(200):
+        p.request(f"a{i}", ts=T0 + i)  # all in flight before any settles
+    assert len(p.resolve_queue) == 5
+    p.resolve_all()
+    assert by_status(p.decisions) == {"capped": 195, "filled": 5}
+    capped = next(d for d in p.decisions if d.status == DecisionStatus.CAPPED)
+    assert "3600" in capped.reason or "1h" in capped.reason
+    for i in range(50):
+        p.request(f"b{i}", ts=T0 + 3_600_001 + i)
+    p.resolve_all()
+    assert by_status(p.decisions)["filled"] == 10
+
+
+def test_budget_never_overspends_under_concurrency() -> None:
+    p = Pipeline(directory(campaign(budget={"total": "100", "timezone": "UTC"})))
+    for i in range(1000):
+        p.request(f"r{i}", user=f"user{i % 100}", ts=T0 + i)
+    assert len(p.resolve_queue) == 40  # 40 x 2.5 = 100 reserved, the rest exhausted
+    p.resolve_all()
+    counts = by_status(p.decisions)
+    assert counts["filled"] == 40
+    assert sum(d.spend_micros for d in p.decisions) == 100_000_000
+    assert (
+        budget_snapshot(p.campaigns, p.view.campaigns["c1"], T0 + 5000)["spent_micros"]
+        == 100_000_000
+    )
+    assert p.statuses and p.statuses[0]["exhausted"] is True
+
+
+def test_no_fill_releases_budget_and_cap_slot() -> None:
+    p = Pipeline(
+        directory(
+            campaign(
+                caps=[{"limit": 1, "window": "1h"}], budget={"total": "2.5", "timezone": "UTC"}
+            )
+        )
+    )
+    p.request("r1")
+    p.resolve_all(DecisionStatus.NO_FILL)
+    p.request("r2", ts=T0 + 10)
+    p.resolve_all()
+    assert [d.status for d in p.decisions] == [DecisionStatus.NO_FILL, DecisionStatus.FILLED]
+    assert sum(d.spend_micros for d in p.decisions) == 2_500_000
+
+
+def test_expired_reservation_times_out_and_a_late_fill_is_not_charged() -> None:
+    p = Pipeline(directory(campaign(budget={"total": "2.5", "timezone": "UTC"})))
+    p.request("r1")
+    pending = list(p.resolve_queue)
+    p.route(handle_budget_tick(p.campaigns, Tick(timestamp=T0 + 6_000), CONFIG, ["c1"]))
+    assert [d.status for d in p.decisions] == [DecisionStatus.TIMEOUT]
+    # The resolver was slow, not dead: its fill arrives after expiry.
+    p.route(
+        handle_resolution(
+            p.campaigns, resolution(pending[0], DecisionStatus.FILLED, 7_000), p.view, CONFIG
+        )
+    )
+    assert [d.status for d in p.decisions] == [DecisionStatus.TIMEOUT, DecisionStatus.TIMEOUT]
+    assert p.decisions[0].to_dict() == p.decisions[1].to_dict()
+    assert budget_snapshot(p.campaigns, p.view.campaigns["c1"], T0 + 8_000)["spent_micros"] == 0
+    # The budget and the cap slot are free again.
+    p.request("r2", ts=T0 + 9_000)
+    p.resolve_all()
+    assert p.decisions[-1].status == DecisionStatus.FILLED
+
+
+def test_redelivered_messages_give_identical_decisions_and_no_double_charge() -> None:
+    p = Pipeline(directory(campaign()))
+    p.request("r1")
+    [item] = p.resolve_queue
+    p.resolve_all()
+    again = handle_resolution(p.campaigns, resolution(item, DecisionStatus.FILLED), p.view, CONFIG)
+    p.route(again)
+    filled = [d for d in p.decisions if d.request_id == "r1"]
+    assert len(filled) == 2 and filled[0] == filled[1]
+    assert (
+        budget_snapshot(p.campaigns, p.view.campaigns["c1"], T0 + 100)["spent_micros"] == 2_500_000
+    )
+    # A redelivered ad request is not reserved twice.
+    p.request("r1")
+    assert p.resolve_queue == []
+    assert frequency_snapshot(p.users, "u1", T0 + 100)["pending"] == 0
+
+
+def test_duplicate_capped_request_repeats_the_same_decision() -> None:
+    p = Pipeline(directory(campaign(caps=[{"limit": 1, "window": "1h"}])))
+    p.request("r1")
+    p.request("r2", ts=T0 + 1)
+    p.request("r2", ts=T0 + 1)
+    capped = [d for d in p.decisions if d.request_id == "r2"]
+    assert len(capped) == 2 and capped[0] == capped[1]
+    assert capped[0].status == DecisionStatus.CAPPED
+
+
+def test_priority_picks_the_first_campaign_under_its_caps() -> None:
+    high = campaign("high", priority=10, caps=[{"limit": 1, "window": "1h"}])
+    low = campaign("low", priority=1)
+    p = Pipeline(directory(high, low))
+    p.request("r1")
+    p.request("r2", ts=T0 + 1)
+    assert [r.campaign_id for r in p.resolve_queue] == ["high", "low"]
+
+
+def test_unknown_campaign_hint_is_a_dead_letter() -> None:
+    p = Pipeline(directory(campaign()))
+    with pytest.raises(DeadLetterError, match="unknown campaign 'nope'"):
+        p.request("r1", campaign_id="nope")
+
+
+def test_no_campaign_at_all_is_a_no_fill_decision() -> None:
+    p = Pipeline(DirectoryView())
+    p.request("r1")
+    assert [d.status for d in p.decisions] == [DecisionStatus.NO_FILL]
+
+
+def test_spend_events_are_applied_once_and_negative_ones_refused() -> None:
+    p = Pipeline(directory(campaign()))
+    event = SpendEvent(event_id="e1", campaign_id="c1", amount_micros=1_000_000, timestamp=T0)
+    handle_spend(p.campaigns, event, CONFIG)
+    handle_spend(p.campaigns, event, CONFIG)
+    assert budget_snapshot(p.campaigns, p.view.campaigns["c1"], T0)["spent_micros"] == 1_000_000
+    with pytest.raises(DeadLetterError, match="must be >= 0"):
+        handle_spend(p.campaigns, SpendEvent("e2", "c1", -5, T0), CONFIG)
+
+
+def test_rows_stay_small_while_records_accumulate_under_their_own_keys() -> None:
+    p = Pipeline(directory(campaign(budget={"total": "10", "timezone": "UTC"})))
+    for i in range(500):
+        p.request(f"r{i}", user=f"u{i}", ts=T0 + i, campaign_id="c1")
+    p.resolve_all()
+    assert len(p.campaigns.data["c:c1"]) < 2_000
+    assert sum(1 for k in p.campaigns.data if k.startswith("r:c:c1")) == 500
+
+
+def test_same_inputs_rebuild_byte_identical_tables() -> None:
+    def run() -> tuple[dict[str, bytes], dict[str, bytes]]:
+        p = Pipeline(
+            directory(
+                campaign(
+                    caps=[{"limit": 3, "window": "1h"}], budget={"total": "20", "timezone": "UTC"}
+                )
+            )
+        )
+        for i in range(60):
+            p.request(f"r{i}", user=f"u{i % 7}", ts=T0 + i * 10)
+            if i % 5 == 4:
+                p.resolve_all(DecisionStatus.FILLED if i % 2 else DecisionStatus.NO_FILL)
+        p.resolve_all()
+        return p.users.data, p.campaigns.data
+
+    assert run() == run()
