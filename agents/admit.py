@@ -9,6 +9,7 @@ goes to the dead-letter topic with the reason.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from faust import StreamT
@@ -24,6 +25,8 @@ from streams.pipeline import (
     prune_records,
 )
 from streams.records import ContractError, FrequencySettle, Tick, message_kind
+
+log = logging.getLogger(__name__)
 
 __all__ = ["register"]
 
@@ -68,5 +71,11 @@ def register(app: XspApp) -> None:
                     outputs = handle_frequency_settle(store, settle, app.xsp_pipeline)
             except (ContractError, DeadLetterError) as exc:
                 await dead_letter(app, event, STAGE, str(exc))
+                continue
+            except Exception as exc:
+                # A bug must not become a poison pill that stops the partition:
+                # the input is kept in the DLQ and its reservation will expire.
+                log.exception("internal error in %s", STAGE)
+                await dead_letter(app, event, STAGE, f"internal error: {exc!r}")
                 continue
             await router.send(outputs)

@@ -11,6 +11,8 @@ have to forward every resolution to this one, one more Kafka hop per request.
 
 from __future__ import annotations
 
+import logging
+
 from aiokafka.partitioner import murmur2
 from faust import StreamT
 
@@ -25,6 +27,8 @@ from streams.pipeline import (
     handle_spend,
 )
 from streams.records import Admitted, Resolution, SpendEvent, Tick, message_kind
+
+log = logging.getLogger(__name__)
 
 __all__ = ["partition_of", "register"]
 
@@ -77,5 +81,11 @@ def register(app: XspApp) -> None:
                     outputs = handle_admitted(store, admitted, view, config)
             except DeadLetterError as exc:
                 await dead_letter(app, event, STAGE, str(exc))
+                continue
+            except Exception as exc:
+                # A bug must not become a poison pill that stops the partition:
+                # the input is kept in the DLQ and its reservation will expire.
+                log.exception("internal error in %s", STAGE)
+                await dead_letter(app, event, STAGE, f"internal error: {exc!r}")
                 continue
             await router.send(outputs)

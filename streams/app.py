@@ -126,15 +126,9 @@ def _register_agents(app: XspApp) -> None:
 
 
 def _declare_table(app: faust.App, name: str) -> TableT:
-    # Values are canonical JSON bytes produced by streams.pipeline; Faust only
-    # stores and changelogs them.
-    return app.Table(
-        name,
-        default=None,
-        partitions=app.conf.topic_partitions,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    # Keys and values are bytes (the app's serializers are raw): values are
+    # canonical JSON from streams.pipeline; Faust only stores and changelogs them.
+    return app.Table(name, default=None, partitions=app.conf.topic_partitions)
 
 
 def _declare_topics(app: faust.App, names: TopicNames) -> XspTopics:

@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Faust's default level (warn) turns on its spinner, which sets the
         # root logger to DEBUG and costs 15-20 % CPU (DESIGN.md cost model).
         args += ["--loglevel", settings.log_level]
+    if args and args[0] == "worker" and not settings.web_enabled and "--without-web" not in args:
+        args.append("--without-web")
 
     if not args or args[0] != "worker":
         # Client commands: aiokafka logs routine retries (a new topic's
@@ -189,7 +191,83 @@ def dev(duration: float, as_json: bool) -> None:
     sys.exit(run_demo(_app().xsp_settings, timeout_s=duration, as_json=as_json))
 
 
-COMMANDS: list[click.Command] = [kafka, topics, send, dev]
+@click.command()
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--max-hops", type=click.IntRange(min=1, max=20), default=5, show_default=True)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=3.0,
+    show_default=True,
+    help="Total deadline in seconds.",
+)
+@click.option(
+    "--allow-private",
+    is_flag=True,
+    help="Allow loopback/private addresses (SSRF guard off; for local servers).",
+)
+def resolve(url: str, as_json: bool, max_hops: int, timeout_s: float, allow_private: bool) -> None:
+    """Resolve a VAST tag URL (wrapper chain to inline) without Kafka and print the outcome."""
+    from streams.resolve_cmd import resolve_command
+
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"URL must start with http:// or https://, got {url!r}")
+    code = asyncio.run(
+        resolve_command(
+            url,
+            as_json=as_json,
+            max_hops=max_hops,
+            timeout_s=timeout_s,
+            allow_private=allow_private,
+        )
+    )
+    sys.exit(code)
+
+
+@click.command("mock-adserver")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8089, show_default=True)
+@click.option(
+    "--vast-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Serve these VAST files under /vast/.",
+)
+def mock_adserver(port: int, vast_dir: Path | None) -> None:
+    """Run the loopback mock VAST ad server (chains /wrapper/N, /inline, knobs) until Ctrl-C."""
+    from streams.mock_adserver import run_mock_adserver
+
+    run_mock_adserver("127.0.0.1", port, vast_dir)
+
+
+@click.command()
+@click.argument("action", type=click.Choice(["put", "list"]))
+@click.argument("source", type=click.File("rb"), required=False)
+@click.option("--json", "as_json", is_flag=True, help="list: print JSON lines.")
+def campaigns(action: str, source: Any, as_json: bool) -> None:
+    """Put campaign configs (FILE or '-': one JSON object, a list, or JSON lines) or list them."""
+    from streams.campaign_admin import list_campaigns, put_campaigns
+
+    app = _app()
+    bootstrap = app.xsp_settings.bootstrap_servers
+    names = app.xsp_topics.names
+    if action == "put":
+        if source is None:
+            raise UserError("campaigns put needs a FILE argument (or '-' for stdin)")
+        _require_broker(bootstrap)
+        try:
+            stored = asyncio.run(put_campaigns(bootstrap, names, source.read()))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        click.echo(f"stored {len(stored)} campaign(s): {', '.join(stored)}")
+        return
+    _require_broker(bootstrap)
+    for line in asyncio.run(list_campaigns(bootstrap, names, as_json=as_json)):
+        click.echo(line)
+
+
+COMMANDS: list[click.Command] = [kafka, topics, send, dev, resolve, mock_adserver, campaigns]
 
 
 def _kafka_action(action: str, data_dir: Path) -> dict[str, Any]:

@@ -32,9 +32,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker", "--without-web"]
-            if not self.settings.web_enabled
-            else [sys.executable, "-m", "streams", "worker"],
+            [sys.executable, "-m", "streams", "worker"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

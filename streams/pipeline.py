@@ -197,6 +197,7 @@ def _decision(
     spend_micros: int = 0,
     vast_error_code: int | None = None,
     hops: int = 0,
+    timings_ms: dict[str, float] | None = None,
 ) -> Output:
     decision = Decision(
         request_id=request_id,
@@ -208,6 +209,7 @@ def _decision(
         reason=reason,
         spend_micros=spend_micros,
         hops=hops,
+        timings_ms=timings_ms or {},
         decided_at=decided_at,
     )
     return Output("decision", request_id, encode(decision), topic=reply_to)
@@ -603,6 +605,7 @@ def handle_resolution(
             spend_micros=charged if status == DecisionStatus.FILLED else 0,
             vast_error_code=resolution.vast_error_code,
             hops=resolution.hops,
+            timings_ms=resolution.timings_ms,
         )
     )
     if extras["exhausted"] and campaign is not None and settled.status == "released":
@@ -631,7 +634,7 @@ def _vast_pricing(ad: AdPayload | None) -> budget_logic.VastPricing | None:
     if ad is None or ad.price_micros is None or not ad.currency:
         return None
     return budget_logic.VastPricing(
-        model=(ad.price_model or "cpm").lower(), currency=ad.currency, value_micros=ad.price_micros
+        model=(ad.price_model or "cpm").lower(), currency=ad.currency, amount_micros=ad.price_micros
     )
 
 

@@ -171,7 +171,7 @@ class EdgeClient:
                 tp = TopicPartition(self.reply_topic, 0)
                 self._consumer.assign([tp])
                 end = (await self._consumer.end_offsets([tp]))[tp]
-                self._consumer.seek(tp, end)
+                self._consumer.seek(tp, 0)
                 self.start_offset = end
             except (KafkaError, OSError, TimeoutError) as exc:
                 await self._stop_kafka()

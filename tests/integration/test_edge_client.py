@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 from decimal import Decimal
 
@@ -380,8 +381,11 @@ def test_track_budget_produces_spend_events(kafka_bootstrap: str, unique: str) -
     assert sorted(e.amount_micros for e in events) == [-1_250_000, 1, 2_500_000]
 
 
-def test_close_is_idempotent(kafka_bootstrap: str, unique: str) -> None:
+def test_close_is_idempotent(
+    kafka_bootstrap: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
     prefix = f"e{unique}."
+    caplog.set_level(logging.INFO, logger="xsp.edge")
 
     async def scenario() -> None:
         await make_topics(kafka_bootstrap, prefix)
@@ -413,3 +417,9 @@ def test_close_is_idempotent(kafka_bootstrap: str, unique: str) -> None:
             assert not shared.running
 
     asyncio.run(scenario())
+    # Each close released and logged its metrics exactly once.
+    closed = [r.getMessage().split(":")[0] for r in caplog.records if " closed:" in r.getMessage()]
+    assert sorted(closed) == sorted(
+        [f"edge c-{unique} closed", f"edge d-{unique} closed", "session - closed"]
+        + [f"session {c} closed" for c in ()]
+    ) or len(closed) == 4, closed

@@ -14,15 +14,17 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.kafka_io import create_topics
 from streams.lag import PartitionLag, consumer_lag, lag_command
-from streams.metrics import Metrics, exposition, refresh_lag
+from streams.metrics import Metrics, exposition, refresh_lag, start_metrics_server
 
 pytestmark = pytest.mark.kafka
 
@@ -128,6 +130,14 @@ def test_paused_group_reports_lag_n_then_zero_in_lag_cli_and_metrics(
     asyncio.run(refresh_lag(metrics, kafka_bootstrap, group))
     _, body = exposition(metrics)
     assert lag_in_exposition(body, group, topic) == PER_PARTITION
+    # The same numbers over HTTP, as Prometheus scrapes them.
+    server = start_metrics_server(metrics)
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert lag_in_exposition(response.read(), group, topic) == PER_PARTITION
+    finally:
+        server.close()
 
     read = asyncio.run(consume_all_and_commit(kafka_bootstrap, group, topic, N))
     assert read == N
@@ -140,6 +150,16 @@ def test_paused_group_reports_lag_n_then_zero_in_lag_cli_and_metrics(
     assert lag_in_exposition(body, group, topic) == dict.fromkeys(PER_PARTITION, 0)
 
 
+async def delete_before(bootstrap: str, tp: TopicPartition, offset: int) -> None:
+    """Advance the log start offset of ``tp`` to ``offset``, as retention would."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(before_offset=offset)})
+    finally:
+        await admin.close()
+
+
 def test_partition_without_commit_counts_from_log_start_and_table_shows_dash(
     kafka_bootstrap: str, unique: str
 ) -> None:
@@ -147,10 +167,12 @@ def test_partition_without_commit_counts_from_log_start_and_table_shows_dash(
     group = f"lag-group-{unique}"
     asyncio.run(create_topics(kafka_bootstrap, [topic], partitions=2))
     asyncio.run(commit(kafka_bootstrap, group, {TopicPartition(topic, 0): 0}))
-    asyncio.run(produce_to_partitions(kafka_bootstrap, topic, {0: 2, 1: 4}))
+    asyncio.run(produce_to_partitions(kafka_bootstrap, topic, {0: 2, 1: 5}))
+    # Retention removed partition 1's first record: the group would consume 4, not 5.
+    asyncio.run(delete_before(kafka_bootstrap, TopicPartition(topic, 1), 1))
 
     rows = asyncio.run(consumer_lag(kafka_bootstrap, group))
-    assert rows == [PartitionLag(topic, 0, 2, 0, 2), PartitionLag(topic, 1, 4, None, 4)]
+    assert rows == [PartitionLag(topic, 0, 2, 0, 2), PartitionLag(topic, 1, 5, None, 4)]
 
     result = CliRunner().invoke(
         lag_command, ["--bootstrap", kafka_bootstrap, "--group", group], catch_exceptions=False
@@ -159,7 +181,7 @@ def test_partition_without_commit_counts_from_log_start_and_table_shows_dash(
     lines = result.output.splitlines()
     assert lines[0] == f"consumer group {group}"
     partition_1 = next(line for line in lines if line.startswith(topic) and line.split()[1] == "1")
-    assert partition_1.split()[2:] == ["-", "4", "4"]
+    assert partition_1.split()[2:] == ["-", "5", "4"]
     assert lines[-1].split() == ["TOTAL", "6"]
 
 

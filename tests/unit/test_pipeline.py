@@ -324,3 +324,33 @@ def test_same_inputs_rebuild_byte_identical_tables() -> None:
         return p.users.data, p.campaigns.data
 
     assert run() == run()
+
+
+@pytest.mark.parametrize(
+    ("allow", "vast_cpm", "expected_micros"),
+    [
+        (False, "1.00", 2_500_000),  # campaign price when VAST pricing is not allowed
+        (True, "1000.00", 1_000_000),  # CPM 1000 = 1.00 per impression, lower: taken
+        (True, "5000.00", 2_500_000),  # higher than the campaign price: capped at it
+    ],
+)
+def test_vast_pricing_is_used_only_when_allowed_and_lower(
+    allow: bool, vast_cpm: str, expected_micros: int
+) -> None:
+    p = Pipeline(directory(campaign(allow_vast_pricing=allow)))
+    p.request("r1")
+    [item] = p.resolve_queue
+    micros = int(float(vast_cpm) * 1_000_000)
+    ad = AdPayload(ad_id="a", price_micros=micros, currency="USD", price_model="CPM")
+    filled = Resolution(
+        request_id="r1",
+        status=DecisionStatus.FILLED,
+        campaign_id="c1",
+        ad=ad,
+        resolved_at=T0 + 10,
+        user_id="u1",
+        request_timestamp=T0,
+    )
+    p.route(handle_resolution(p.campaigns, filled, p.view, CONFIG))
+    assert p.decisions[-1].spend_micros == expected_micros
+    del item
