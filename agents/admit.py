@@ -44,13 +44,15 @@ def register(app: XspApp) -> None:
         value_serializer="raw",
     )
     store = TableStore(app.xsp_tables.frequency)
-    router = Router(app)
+    router = Router(app, STAGE)
+    metrics = app.xsp_metrics
 
     @app.agent(channel, name=STAGE, concurrency=1)
     async def admit(stream: StreamT) -> None:
         await app.xsp_directory.wait_ready()
         async for event in stream.events():
             message = event.message
+            metrics.event_in(STAGE, message.topic)
             try:
                 if message.topic == topics.names.ad_requests:
                     request = validate_ad_request(

@@ -51,7 +51,8 @@ def register(app: XspApp) -> None:
         value_serializer="raw",
     )
     store = TableStore(app.xsp_tables.budget)
-    router = Router(app)
+    router = Router(app, STAGE)
+    metrics = app.xsp_metrics
     partitions = app.xsp_settings.partitions
 
     @app.agent(channel, name=STAGE, concurrency=1)
@@ -59,6 +60,7 @@ def register(app: XspApp) -> None:
         await app.xsp_directory.wait_ready()
         async for event in stream.events():
             message = event.message
+            metrics.event_in(STAGE, message.topic)
             view = app.xsp_directory.view
             config = app.xsp_pipeline
             try:

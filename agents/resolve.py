@@ -49,6 +49,7 @@ def register(app: XspApp) -> None:
     settings = app.xsp_settings
     topics = app.xsp_topics
     config = fetch_config(settings)
+    metrics = app.xsp_metrics
 
     @app.agent(topics.resolve_requests, name=STAGE, concurrency=1)
     async def resolve(stream: StreamT) -> None:
@@ -60,6 +61,7 @@ def register(app: XspApp) -> None:
                     requests.append(decode_or_dead_letter(ResolveRequest, event.message.value))
                 except DeadLetterError as exc:
                     await dead_letter(app, event, STAGE, str(exc))
+            metrics.event_in(STAGE, topics.names.resolve_requests, len(events))
             resolutions = await asyncio.gather(
                 *(resolve_request(r, client, timeout_s=settings.vast_timeout_s) for r in requests)
             )
@@ -67,3 +69,9 @@ def register(app: XspApp) -> None:
                 await topics.resolutions.send(
                     key=(resolution.campaign_id or "").encode(), value=encode(resolution)
                 )
+                metrics.event_out(STAGE, topics.names.resolutions)
+                if resolution.vast_error_code is not None:
+                    metrics.vast_error(resolution.vast_error_code)
+                for hop, ms in resolution.timings_ms.items():
+                    if hop != "total":
+                        metrics.observe_hop(hop, ms / 1000)

@@ -53,11 +53,17 @@ class TableStore:
 
 
 class Router:
-    """Sends pipeline ``Output``s to their topics (decisions to the request's reply topic)."""
+    """Sends pipeline ``Output``s to their topics (decisions to the request's reply topic).
 
-    def __init__(self, app: XspApp) -> None:
+    Counts what it sends in the worker's metrics (events out, decisions by
+    status, request-to-decision latency).
+    """
+
+    def __init__(self, app: XspApp, agent: str) -> None:
         topics = app.xsp_topics
         self.app = app
+        self.agent = agent
+        self.metrics = app.xsp_metrics
         self.routes: dict[str, TopicT] = {
             "budget": topics.budget_requests,
             "resolve": topics.resolve_requests,
@@ -78,7 +84,14 @@ class Router:
 
     async def send(self, outputs: Sequence[Output]) -> None:
         for output in outputs:
-            await self._topic(output).send(key=output.key.encode(), value=output.value)
+            topic = self._topic(output)
+            await topic.send(key=output.key.encode(), value=output.value)
+            self.metrics.event_out(self.agent, topic.get_topic_name())
+            if output.status is not None:
+                self.metrics.decision(output.status)
+                if output.event_time_ms:
+                    age_s = time.time() - output.event_time_ms / 1000
+                    self.metrics.observe_decision_latency(max(age_s, 0.0))
 
 
 async def dead_letter(app: XspApp, event: EventT, stage: str, reason: str) -> None:
@@ -103,3 +116,4 @@ async def dead_letter(app: XspApp, event: EventT, stage: str, reason: str) -> No
         reason,
     )
     await app.xsp_topics.dlq.send(key=message.key, value=encode(letter))
+    app.xsp_metrics.dead_letter(stage)

@@ -16,6 +16,7 @@ from faust.types import TableT, TopicT
 
 from streams.campaign_directory import CampaignDirectory
 from streams.faust_transport import Transport
+from streams.metrics import Metrics
 from streams.pipeline import PipelineConfig
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -56,6 +57,7 @@ class XspApp(faust.App):
     xsp_tables: XspTables
     xsp_directory: CampaignDirectory
     xsp_pipeline: PipelineConfig
+    xsp_metrics: Metrics
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
@@ -103,6 +105,7 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
         frequency_ttl_ms=3 * settings.reservation_ttl_ms,
         max_hops=settings.vast_max_hops,
     )
+    app.xsp_metrics = Metrics()
     app.xsp_directory = CampaignDirectory(
         settings.bootstrap_servers, names.campaigns, names.campaign_status
     )
@@ -112,12 +115,13 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
 
 
 def _register_agents(app: XspApp) -> None:
-    from agents import admit, budget, campaigns, resolve, ticks
+    from agents import admit, budget, campaigns, observability, resolve, ticks
 
     @app.task
     async def start_campaign_directory() -> None:
         await app.xsp_directory.start()
 
+    observability.register(app)
     admit.register(app)
     budget.register(app)
     resolve.register(app)

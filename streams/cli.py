@@ -178,17 +178,28 @@ def send(
 @click.command()
 @click.option(
     "--duration",
-    type=click.FloatRange(min=1),
-    default=30.0,
+    type=click.FloatRange(min=1, max=3600),
+    default=20.0,
     show_default=True,
-    help="Seconds to wait at most for the worker to route the demo events.",
+    help="Seconds of demo traffic.",
 )
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1, max=5000),
+    default=40.0,
+    show_default=True,
+    help="Ad requests per second.",
+)
+@click.option("--users", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def dev(duration: float, as_json: bool) -> None:
-    """Local Kafka + a worker + demo events, then a summary (the README's demo)."""
+def dev(duration: float, rate: float, users: int, as_json: bool) -> None:
+    """Local Kafka + mock ad server + worker + campaigns + traffic, then a summary."""
     from streams.demo import run_demo
 
-    sys.exit(run_demo(_app().xsp_settings, timeout_s=duration, as_json=as_json))
+    code = run_demo(
+        _app().xsp_settings, duration_s=duration, rate=rate, users=users, as_json=as_json
+    )
+    sys.exit(code)
 
 
 @click.command()
@@ -267,7 +278,22 @@ def campaigns(action: str, source: Any, as_json: bool) -> None:
         click.echo(line)
 
 
-COMMANDS: list[click.Command] = [kafka, topics, send, dev, resolve, mock_adserver, campaigns]
+def _lag_command() -> click.Command:
+    from streams.lag import lag_command
+
+    return lag_command
+
+
+COMMANDS: list[click.Command] = [
+    kafka,
+    topics,
+    send,
+    dev,
+    resolve,
+    mock_adserver,
+    campaigns,
+    _lag_command(),
+]
 
 
 def _kafka_action(action: str, data_dir: Path) -> dict[str, Any]:

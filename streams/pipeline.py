@@ -105,6 +105,8 @@ class Output:
     key: str
     value: bytes
     topic: str | None = None
+    status: str | None = None
+    event_time_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +214,14 @@ def _decision(
         timings_ms=timings_ms or {},
         decided_at=decided_at,
     )
-    return Output("decision", request_id, encode(decision), topic=reply_to)
+    return Output(
+        "decision",
+        request_id,
+        encode(decision),
+        topic=reply_to,
+        status=status.value,
+        event_time_ms=decided_at,
+    )
 
 
 def _frequency(request_id: str, user_id: str, action: str, ts: int) -> Output:

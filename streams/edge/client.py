@@ -121,7 +121,12 @@ class EdgeClient:
         return self._started and not self._closed
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # __aexit__ does not run when __aenter__ fails: release the HTTP pool here.
+            await self.close()
+            raise
         return self
 
     async def __aexit__(
@@ -171,7 +176,7 @@ class EdgeClient:
                 tp = TopicPartition(self.reply_topic, 0)
                 self._consumer.assign([tp])
                 end = (await self._consumer.end_offsets([tp]))[tp]
-                self._consumer.seek(tp, 0)
+                self._consumer.seek(tp, end)
                 self.start_offset = end
             except (KafkaError, OSError, TimeoutError) as exc:
                 await self._stop_kafka()

@@ -373,10 +373,11 @@ class _AiohttpBackend:
         self._headers = {**headers, "Accept-Encoding": "gzip, deflate"}
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
-        # Same timeout mapping httpx-aiohttp used: pool wait, connect, per-read.
+        # Pool wait and connect as before (httpx-aiohttp's mapping). No sock_read:
+        # the hop deadline in get() is never later than per_hop_timeout_s, so a
+        # per-read timer (re-armed on every chunk) could never fire first.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=cfg.pool_timeout_s,
-                                              sock_connect=cfg.connect_timeout_s,
-                                              sock_read=cfg.per_hop_timeout_s)
+                                              sock_connect=cfg.connect_timeout_s)
 
     @property
     def closed(self) -> bool:

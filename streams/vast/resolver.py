@@ -264,7 +264,7 @@ class _Fail:
 @dataclass(slots=True)
 class _Ok:
     ads: list[ResolvedAd]
-    xml: str | None
+    xml: bytes | None  # the document the ad came from; decoded once, in _finish
 
 
 class _Run:
@@ -341,7 +341,7 @@ async def _resolve_doc(run: _Run, doc: VastDocument, body: bytes | None, wrapper
         code = VastErrorCode.NO_VAST_RESPONSE_AFTER_WRAPPER if depth else None
         return _Fail("no_fill", code, "no_ads", errs)
     pod, candidates = _select(doc, parent)
-    xml = body.decode("utf-8", "replace") if body is not None else None
+    xml = body  # decoded only if it ends up as final_xml (wrappers never do)
 
     async def one(ad: Ad) -> _Ok | _Fail:
         return await _resolve_ad(run, ad, xml, wrappers, seen, errs, chain_urls)
@@ -382,7 +382,7 @@ async def _resolve_doc(run: _Run, doc: VastDocument, body: bytes | None, wrapper
     return _Ok(ads, xml)
 
 
-async def _resolve_ad(run: _Run, ad: Ad, xml: str | None, wrappers: list[Ad],
+async def _resolve_ad(run: _Run, ad: Ad, xml: bytes | None, wrappers: list[Ad],
                       seen: frozenset[str], doc_errors: list[str],
                       chain_urls: list[str]) -> _Ok | _Fail:
     parent = wrappers[-1] if wrappers else None
@@ -419,7 +419,9 @@ def _finish(run: _Run, outcome: _Ok | _Fail) -> ChainResult:
     base = {"hops": len(run.timings), "hop_timings_ms": run.timings, "hop_urls": run.urls}
     if isinstance(outcome, _Ok):
         return ChainResult(status="filled", ad=outcome.ads[0], pod=outcome.ads,
-                           final_xml=outcome.xml, error_urls=side, **base)  # type: ignore[arg-type]
+                           final_xml=(outcome.xml.decode("utf-8", "replace")
+                                      if outcome.xml is not None else None),
+                           error_urls=side, **base)  # type: ignore[arg-type]
     # "no_fill" without a code happens only for an empty first response: the
     # root <Error> URLs are still reported (VAST 3 "no ad" tracking) with 303.
     code = outcome.code

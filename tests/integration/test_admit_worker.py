@@ -1,4 +1,8 @@
-"""A real `xsp worker` subprocess routes valid requests onwards and invalid ones to the DLQ."""
+"""A real `xsp worker` subprocess answers valid requests and dead-letters invalid ones.
+
+No campaign is configured here, so every valid request gets a ``no_fill``
+decision straight from admit; the money pipeline has its own tests.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import pytest
 
 from streams.devstack import WorkerProcess
 from streams.kafka_io import create_xsp_topics, produce, read_topic
-from streams.records import AdRequest, DeadLetter, decode, encode
+from streams.records import AdRequest, DeadLetter, Decision, DecisionStatus, decode, encode
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -38,7 +42,7 @@ def valid_requests(prefix: str, count: int) -> list[tuple[bytes, bytes]]:
             request_id=f"{prefix}-{i}",
             user_id=f"user-{i % 5}",
             timestamp=now + i,
-            params={"campaign_id": "camp-1"} if i % 2 else {},
+            params={"placement": "pre-roll"} if i % 2 else {},
         )
         items.append((request.user_id.encode(), encode(request)))
     return items
@@ -60,17 +64,18 @@ def test_worker_routes_valid_and_dead_letters_invalid(
     worker = WorkerProcess(settings, tmp_path / "worker-1.log").start()
     try:
         forwarded = asyncio.run(
-            read_topic(bootstrap, names.budget_requests, expected=30, timeout_s=60)
+            read_topic(bootstrap, names.ad_responses, expected=30, timeout_s=60)
         )
         dead = asyncio.run(read_topic(bootstrap, names.dlq, expected=len(INVALID), timeout_s=30))
         assert worker.alive, worker.log_tail()
     finally:
         worker.kill()  # SIGKILL: the restart below must still see every request routed
     assert len(forwarded) == 30, worker.log_tail()
-    forwarded_requests = [decode(AdRequest, m.value or b"") for m in forwarded]
-    assert sorted(r.request_id for r in forwarded_requests) == sorted(f"a-{i}" for i in range(30))
-    for message, request in zip(forwarded, forwarded_requests, strict=True):
-        assert message.key == (request.campaign_hint or request.user_id).encode()
+    decisions = [decode(Decision, m.value or b"") for m in forwarded]
+    assert sorted(d.request_id for d in decisions) == sorted(f"a-{i}" for i in range(30))
+    assert {d.status for d in decisions} == {DecisionStatus.NO_FILL}
+    for message, decision in zip(forwarded, decisions, strict=True):
+        assert message.key == decision.request_id.encode()
 
     letters = [decode(DeadLetter, m.value or b"") for m in dead]
     assert len(letters) == len(INVALID)
@@ -95,8 +100,8 @@ def test_worker_routes_valid_and_dead_letters_invalid(
         ids: set[str] = set()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not {f"b-{i}" for i in range(10)} <= ids:
-            messages = asyncio.run(read_topic(bootstrap, names.budget_requests, timeout_s=5))
-            ids = {decode(AdRequest, m.value or b"").request_id for m in messages}
+            messages = asyncio.run(read_topic(bootstrap, names.ad_responses, timeout_s=5))
+            ids = {decode(Decision, m.value or b"").request_id for m in messages}
             time.sleep(0.5)
         assert restarted.alive, restarted.log_tail()
     finally:

@@ -65,10 +65,10 @@ def test_topics_create_then_send(xsp_settings: Settings, tmp_path: Path) -> None
     assert {m.key for m in messages if m.key != b"alice"} == {b"bob", b"carol"}
 
 
-def test_demo_command_routes_everything(tmp_path: Path) -> None:
-    """The README's demo: its own broker, a worker, demo traffic, a JSON summary."""
+def test_demo_command_decides_everything_within_budget(tmp_path: Path) -> None:
+    """The README's demo: its own broker, ad server, worker, traffic and a JSON summary."""
     result = subprocess.run(
-        [sys.executable, "-m", "streams", "dev", "--json", "--duration", "60"],
+        [sys.executable, "-m", "streams", "dev", "--json", "--duration", "6", "--rate", "50"],
         capture_output=True,
         text=True,
         timeout=240,
@@ -78,5 +78,8 @@ def test_demo_command_routes_everything(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["complete"] is True
-    assert summary["forwarded"] == summary["sent_valid"] > 0
+    assert summary["decided"] == summary["sent_valid"] == 300
     assert summary["dead_lettered"] == summary["sent_invalid"] > 0
+    assert summary["by_status"]["filled"] > 0
+    for campaign in summary["campaigns"]:
+        assert campaign["spend_micros"] <= campaign["budget_micros"]

@@ -419,7 +419,6 @@ def test_close_is_idempotent(
     asyncio.run(scenario())
     # Each close released and logged its metrics exactly once.
     closed = [r.getMessage().split(":")[0] for r in caplog.records if " closed:" in r.getMessage()]
-    assert sorted(closed) == sorted(
-        [f"edge c-{unique} closed", f"edge d-{unique} closed", "session - closed"]
-        + [f"session {c} closed" for c in ()]
-    ) or len(closed) == 4, closed
+    edges = sorted(m for m in closed if m.startswith("edge "))
+    assert edges == [f"edge c-{unique} closed", f"edge d-{unique} closed"], closed
+    assert len([m for m in closed if m.startswith("session ")]) == 2, closed

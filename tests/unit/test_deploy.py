@@ -10,6 +10,7 @@ the Prometheus configs and the Grafana provisioning.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
@@ -318,6 +319,12 @@ def test_compose_ports_and_paths_agree() -> None:
     assert any(a.endswith(f"//{host}:{port}") for a in advertised), advertised
     listeners = services[host]["environment"]["KAFKA_LISTENERS"]
     assert f":{port}" in listeners
+
+    # The workers' SSRF allow-list admits the compose network, or no VAST
+    # request could reach the mock ad server.
+    (subnet,) = (c["subnet"] for c in spec["networks"]["default"]["ipam"]["config"])
+    allowed = [ipaddress.ip_network(n) for n in env["XSP_VAST_ALLOWED_NETWORKS"].split(",")]
+    assert any(ipaddress.ip_network(subnet).subnet_of(n) for n in allowed)
 
     mock = services["mock-adserver"]
     command = mock["command"]
