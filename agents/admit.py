@@ -1,8 +1,10 @@
 """admit: validate ad requests, dedupe, choose a campaign, check caps and reserve a slot.
 
-Sources ``ad-requests`` and ``frequency-settles`` (both keyed by user) — one
-agent, so the frequency table has exactly one writer and every write lands
-in the changelog partition of its user. Concurrency 1 (DESIGN: table
+Source ``ad-requests`` (key user). Besides the edge's requests it carries
+the budget agent's cap settles (commit/release) and pruning ticks for the
+same users: one source topic for the frequency table means the table is a
+fold over one ordered log per partition, so a replay applies the same
+events in the same order and rebuilds the same bytes. Concurrency 1 (table
 writers never run concurrently). Invalid input never stops the worker: it
 goes to the dead-letter topic with the reason.
 """
@@ -35,42 +37,33 @@ STAGE = "admit"
 
 def register(app: XspApp) -> None:
     """Attach the ``admit`` agent to ``app``."""
-    topics = app.xsp_topics
     settings = app.xsp_settings
-    channel = app.topic(
-        topics.names.ad_requests,
-        topics.names.frequency_settles,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
     store = TableStore(app.xsp_tables.frequency)
     router = Router(app, STAGE)
     metrics = app.xsp_metrics
 
-    @app.agent(channel, name=STAGE, concurrency=1)
+    @app.agent(app.xsp_topics.ad_requests, name=STAGE, concurrency=1)
     async def admit(stream: StreamT) -> None:
         await app.xsp_directory.wait_ready()
         async for event in stream.events():
             message = event.message
             metrics.event_in(STAGE, message.topic)
+            config = app.xsp_pipeline
             try:
-                if message.topic == topics.names.ad_requests:
+                kind = message_kind(message.value or b"")
+                if kind == "frequency_settle":
+                    settle = decode_or_dead_letter(FrequencySettle, message.value)
+                    outputs = handle_frequency_settle(store, settle, config)
+                elif kind == "tick":
+                    prune_records(store, decode_or_dead_letter(Tick, message.value), config)
+                    outputs = []
+                else:
                     request = validate_ad_request(
                         message.value,
                         now_ms=int(time.time() * 1000),
                         max_future_skew_ms=settings.max_future_skew_ms,
                     )
-                    outputs = handle_ad_request(
-                        store, request, app.xsp_directory.view, app.xsp_pipeline
-                    )
-                elif message_kind(message.value or b"") == "tick":
-                    prune_records(
-                        store, decode_or_dead_letter(Tick, message.value), app.xsp_pipeline
-                    )
-                    outputs = []
-                else:
-                    settle = decode_or_dead_letter(FrequencySettle, message.value)
-                    outputs = handle_frequency_settle(store, settle, app.xsp_pipeline)
+                    outputs = handle_ad_request(store, request, app.xsp_directory.view, config)
             except (ContractError, DeadLetterError) as exc:
                 await dead_letter(app, event, STAGE, str(exc))
                 continue

@@ -1,12 +1,14 @@
 """budget: reserve, settle and adjust campaign spend — the one writer of the budget table.
 
-Sources ``budget-requests`` (Admitted requests and clock ticks),
-``resolutions`` (settle: commit at the actual price or release) and
-``spend`` (the edge's ``track_budget`` events), all keyed by campaign, so
-every write to a campaign's row lands in that campaign's changelog
-partition. Settling lives here rather than in a separate agent because the
-commit must happen in the campaign's row: a separate settle agent would
-have to forward every resolution to this one, one more Kafka hop per request.
+Source ``budget-requests`` (key campaign), one ordered log per campaign
+partition carrying: Admitted requests (reserve), Resolutions from the
+resolve stage (settle: commit at the actual price or release), spend
+adjustments forwarded by the ``spend`` agent, and clock ticks (expire idle
+reservations). A single source topic keeps every write in the campaign's
+changelog partition and makes a replay apply the same events in the same
+order. Settling lives here, not in a separate agent, because the commit must
+happen in the campaign's row: a separate settle agent would add one Kafka
+hop per request.
 """
 
 from __future__ import annotations
@@ -42,20 +44,12 @@ def partition_of(key: str, partitions: int) -> int:
 
 def register(app: XspApp) -> None:
     """Attach the ``budget`` agent to ``app``."""
-    names = app.xsp_topics.names
-    channel = app.topic(
-        names.budget_requests,
-        names.resolutions,
-        names.spend,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
     store = TableStore(app.xsp_tables.budget)
     router = Router(app, STAGE)
     metrics = app.xsp_metrics
     partitions = app.xsp_settings.partitions
 
-    @app.agent(channel, name=STAGE, concurrency=1)
+    @app.agent(app.xsp_topics.budget_requests, name=STAGE, concurrency=1)
     async def budget(stream: StreamT) -> None:
         await app.xsp_directory.wait_ready()
         async for event in stream.events():
@@ -64,13 +58,14 @@ def register(app: XspApp) -> None:
             view = app.xsp_directory.view
             config = app.xsp_pipeline
             try:
-                if message.topic == names.resolutions:
+                kind = message_kind(message.value or b"")
+                if kind == "resolution":
                     resolution = decode_or_dead_letter(Resolution, message.value)
                     outputs = handle_resolution(store, resolution, view, config)
-                elif message.topic == names.spend:
+                elif kind == "spend":
                     spend = decode_or_dead_letter(SpendEvent, message.value)
                     outputs = handle_spend(store, spend, config)
-                elif message_kind(message.value or b"") == "tick":
+                elif kind == "tick":
                     tick = decode_or_dead_letter(Tick, message.value)
                     mine = [
                         cid

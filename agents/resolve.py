@@ -1,7 +1,9 @@
 """resolve: follow each request's VAST chain over HTTP and record the outcome.
 
-Source ``resolve-requests`` (key request id), sink ``resolutions`` (key
-campaign). Stateless and the only concurrent stage: it takes up to
+Source ``resolve-requests`` (key request id); each Resolution goes to
+``budget-requests`` (key campaign), where the budget agent settles it. The
+recorded Resolutions are what a replay folds, so it never calls an ad server.
+Stateless and the only concurrent stage: it takes up to
 ``XSP_RESOLVE_CONCURRENCY`` requests at a time and resolves them together,
 instead of Faust's ``concurrency=N`` (which can lose acks,
 faust-streaming#606). A batch's offsets are acknowledged only after all of
@@ -66,10 +68,10 @@ def register(app: XspApp) -> None:
                 *(resolve_request(r, client, timeout_s=settings.vast_timeout_s) for r in requests)
             )
             for resolution in resolutions:
-                await topics.resolutions.send(
+                await topics.budget_requests.send(
                     key=(resolution.campaign_id or "").encode(), value=encode(resolution)
                 )
-                metrics.event_out(STAGE, topics.names.resolutions)
+                metrics.event_out(STAGE, topics.names.budget_requests)
                 if resolution.vast_error_code is not None:
                     metrics.vast_error(resolution.vast_error_code)
                 for hop, ms in resolution.timings_ms.items():

@@ -3,11 +3,11 @@
 Every ``XSP_TICK_INTERVAL_S`` each worker sends a Tick to every partition of
 ``budget-requests`` (so reservations of campaigns with no traffic still
 expire and their requests get a ``timeout`` decision) and, once a minute, a
-pruning Tick to every partition of ``budget-requests`` and
-``frequency-settles`` (so outcome records older than the dedupe horizon are
-forgotten). Ticks travel through Kafka rather than being handled in the
-timer because a table may only be written while processing an event of its
-partition; and because they are in the topic, a replay sees them too.
+pruning Tick to every partition of ``budget-requests`` and ``ad-requests``
+(so outcome records older than the dedupe horizon are forgotten). Ticks
+travel through Kafka rather than being handled in the timer because a table
+may only be written while processing an event of its partition; and because
+they are in the topic, a replay sees them too.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def register(app: XspApp) -> None:
         if prune:
             last_prune["at"] = time.monotonic()
         value = encode(Tick(timestamp=int(time.time() * 1000), prune=prune))
-        targets = [topics.budget_requests] + ([topics.frequency_settles] if prune else [])
+        targets = [topics.budget_requests] + ([topics.ad_requests] if prune else [])
         for topic in targets:
             for partition in range(settings.partitions):
                 await topic.send(key=None, value=value, partition=partition)

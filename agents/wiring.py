@@ -67,7 +67,9 @@ class Router:
         self.routes: dict[str, TopicT] = {
             "budget": topics.budget_requests,
             "resolve": topics.resolve_requests,
-            "frequency": topics.frequency_settles,
+            # Cap settles go back into the user's own input topic: one source
+            # topic per table keeps replays in the live order (see agents/admit.py).
+            "frequency": topics.ad_requests,
             "status": topics.campaign_status,
             "decision": topics.ad_responses,
         }

@@ -32,8 +32,6 @@ class XspTopics:
     ad_requests: TopicT
     budget_requests: TopicT
     resolve_requests: TopicT
-    resolutions: TopicT
-    frequency_settles: TopicT
     ad_responses: TopicT
     spend: TopicT
     campaigns: TopicT
@@ -115,7 +113,7 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
 
 
 def _register_agents(app: XspApp) -> None:
-    from agents import admit, budget, campaigns, observability, resolve, ticks
+    from agents import admit, budget, campaigns, observability, resolve, spend, ticks
 
     @app.task
     async def start_campaign_directory() -> None:
@@ -125,6 +123,7 @@ def _register_agents(app: XspApp) -> None:
     admit.register(app)
     budget.register(app)
     resolve.register(app)
+    spend.register(app)
     campaigns.register(app)
     ticks.register(app)
 
@@ -150,8 +149,6 @@ def _declare_topics(app: faust.App, names: TopicNames) -> XspTopics:
         ad_requests=declare(names.ad_requests),
         budget_requests=declare(names.budget_requests),
         resolve_requests=declare(names.resolve_requests),
-        resolutions=declare(names.resolutions),
-        frequency_settles=declare(names.frequency_settles),
         ad_responses=declare(names.ad_responses),
         spend=declare(names.spend),
         campaigns=declare(names.campaigns),

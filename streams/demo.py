@@ -228,12 +228,14 @@ async def _traffic(
     decided: set[str] = set()
     sent_at: dict[str, int] = {}
     try:
+        reader = asyncio.create_task(_read_decisions(consumer, decided, sent_at, latencies))
+        await _warm_up(producer, names, decided)
+        latencies.clear()
         for raw in MALFORMED:
             await producer.send(names.ad_requests, key=b"user-bad", value=raw)
         summary.sent_invalid = len(MALFORMED)
         total = int(duration_s * rate)
         started = time.monotonic()
-        reader = asyncio.create_task(_read_decisions(consumer, decided, sent_at, latencies))
         last_report = 0.0
         for index in range(total):
             due = started + index / rate
@@ -276,6 +278,22 @@ async def _traffic(
         }
 
 
+async def _warm_up(producer: AIOKafkaProducer, names: TopicNames, decided: set[str]) -> None:
+    """Wait until the worker answers one request, so start-up is not counted as latency."""
+    request = AdRequest(
+        request_id=f"warm-up-{uuid.uuid4().hex[:8]}",
+        user_id="warm-up",
+        timestamp=int(time.time() * 1000),
+        params={"campaign_id": "remnant"},
+    )
+    await producer.send_and_wait(names.ad_requests, key=b"warm-up", value=encode(request))
+    deadline = time.monotonic() + 60
+    while request.request_id not in decided and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    decided.discard(request.request_id)
+    _progress("worker is answering; sending traffic…")
+
+
 async def _read_decisions(
     consumer: AIOKafkaConsumer, decided: set[str], sent_at: dict[str, int], latencies: list[float]
 ) -> None:
@@ -300,6 +318,7 @@ def _collect(
             decode(Decision, m.value or b"")
             for m in asyncio.run(read_topic(bootstrap, names.ad_responses, timeout_s=10))
         )
+        if not d.request_id.startswith("warm-up-")
     }
     summary.decided = len(decisions)
     summary.by_status = dict(Counter(d.status.value for d in decisions.values()))

@@ -356,12 +356,12 @@ class AdPayload:
 
 @dataclass(frozen=True, slots=True)
 class Resolution(_Record):
-    """What the resolve stage found for one request (topic ``resolutions``, key ``campaign_id``).
+    """What the resolve stage found for one request (topic ``budget-requests``, key campaign).
 
-    Recorded so that replaying the topics never calls an ad server again.
+    Recorded in the topic, so replaying it never calls an ad server again.
     Keyed by campaign because the budget agent settles it in the campaign's
-    row; ``user_id`` and ``reply_to`` travel along for the frequency settle
-    and the decision.
+    row; ``user_id`` and ``reply_to`` travel along for the cap settle and
+    the decision.
     """
 
     KIND: ClassVar[str] = "Resolution"
@@ -382,6 +382,7 @@ class Resolution(_Record):
     def to_dict(self) -> dict[str, Any]:
         return {
             "v": SCHEMA_VERSION,
+            "kind": "resolution",
             "request_id": self.request_id,
             "status": self.status.value,
             "user_id": self.user_id,
@@ -499,6 +500,7 @@ class SpendEvent(_Record):
     def to_dict(self) -> dict[str, Any]:
         return {
             "v": SCHEMA_VERSION,
+            "kind": "spend",
             "event_id": self.event_id,
             "campaign_id": self.campaign_id,
             "amount_micros": self.amount_micros,
@@ -650,7 +652,7 @@ class ResolveRequest(_Record):
 
 @dataclass(frozen=True, slots=True)
 class FrequencySettle(_Record):
-    """budget → admit (topic ``frequency-settles``, key ``user_id``): commit or release a slot."""
+    """budget → admit (topic ``ad-requests``, key ``user_id``): commit or release a cap slot."""
 
     KIND: ClassVar[str] = "FrequencySettle"
 

@@ -19,8 +19,6 @@ class TopicNames:
     ad_requests: str
     budget_requests: str
     resolve_requests: str
-    resolutions: str
-    frequency_settles: str
     ad_responses: str
     spend: str
     campaigns: str
@@ -34,8 +32,6 @@ class TopicNames:
             ad_requests=f"{prefix}ad-requests",
             budget_requests=f"{prefix}budget-requests",
             resolve_requests=f"{prefix}resolve-requests",
-            resolutions=f"{prefix}resolutions",
-            frequency_settles=f"{prefix}frequency-settles",
             ad_responses=f"{prefix}ad-responses",
             spend=f"{prefix}spend",
             campaigns=f"{prefix}campaigns",
@@ -49,8 +45,6 @@ class TopicNames:
             self.ad_requests,
             self.budget_requests,
             self.resolve_requests,
-            self.resolutions,
-            self.frequency_settles,
             self.ad_responses,
             self.spend,
             self.campaigns,
