@@ -113,13 +113,14 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
 
 
 def _register_agents(app: XspApp) -> None:
-    from agents import admit, budget, campaigns, observability, resolve, spend, ticks
+    from agents import admit, budget, campaigns, observability, queries, resolve, spend, ticks
 
     @app.task
     async def start_campaign_directory() -> None:
         await app.xsp_directory.start()
 
     observability.register(app)
+    queries.register(app)
     admit.register(app)
     budget.register(app)
     resolve.register(app)

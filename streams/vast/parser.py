@@ -48,6 +48,8 @@ _WS = b" \t\r\n"
 
 def _doctype_in_prolog(data: bytes) -> bool:
     """True if a DOCTYPE appears before the first element (case-insensitive)."""
+    if b"<!D" not in data and b"<!d" not in data:
+        return False  # no DOCTYPE anywhere (one C-level scan; the common case)
     i = 3 if data.startswith(_BOM) else 0
     n = len(data)
     while True:
@@ -344,6 +346,12 @@ def _companions_into(cr: Creative, el: etree._Element) -> None:
         )
 
 
+def _new_creative(kind: str) -> Creative:
+    # Positional with fresh lists: ~2x cheaper than the default_factory path.
+    return Creative(kind, None, None, None, None, None, None, [], [], None,  # type: ignore[arg-type]
+                    [], [], [], [], [])
+
+
 def _creative(el: etree._Element) -> Creative | None:
     cr: Creative | None = None
     uids: list[str] = []
@@ -351,17 +359,17 @@ def _creative(el: etree._Element) -> Creative | None:
         tag = c.tag
         n = _ln(tag) or _local_slow(tag)
         if n == "Linear":
-            cr = Creative("linear")
+            cr = _new_creative("linear")
             _linear_into(cr, c)
         elif n == "UniversalAdId":
             t = _text(c) or c.get("idValue")
             if t:
                 uids.append(t)
         elif n == "NonLinearAds":
-            cr = Creative("nonlinear")
+            cr = _new_creative("nonlinear")
             _nonlinear_into(cr, c)
         elif n == "CompanionAds":
-            cr = Creative("companion")
+            cr = _new_creative("companion")
             _companions_into(cr, c)
     if cr is None:
         return None
@@ -430,7 +438,8 @@ def _ad(ad_el: etree._Element) -> Ad | None:
     if body is None:
         return None
     seq = ad_el.get("sequence")
-    ad = Ad(kind, ad_el.get("id"), None if seq is None else _int(seq))  # type: ignore[arg-type]
+    ad = Ad(kind, ad_el.get("id"), None if seq is None else _int(seq),  # type: ignore[arg-type]
+            None, None, [], [], [], None, [], None, True, False, None, None)
     if kind == "wrapper":
         ad.follow_additional_wrappers = bool(_bool(body.get("followAdditionalWrappers"), True))
         ad.allow_multiple_ads = bool(_bool(body.get("allowMultipleAds"), False))
