@@ -59,14 +59,18 @@ def register(app: XspApp) -> None:
             config = app.xsp_pipeline
             try:
                 kind = message_kind(message.value or b"")
+                # The broker timestamp is recorded with the message: replays see it too.
+                wall_ms = int(message.timestamp * 1000)
                 if kind == "resolution":
                     resolution = decode_or_dead_letter(Resolution, message.value)
-                    outputs = handle_resolution(store, resolution, view, config)
+                    outputs = handle_resolution(store, resolution, view, config, wall_ms=wall_ms)
                 elif kind == "spend":
                     spend = decode_or_dead_letter(SpendEvent, message.value)
                     outputs = handle_spend(store, spend, config)
                 elif kind == "tick":
-                    tick = decode_or_dead_letter(Tick, message.value)
+                    tick = Tick(
+                        timestamp=wall_ms, prune=decode_or_dead_letter(Tick, message.value).prune
+                    )
                     mine = [
                         cid
                         for cid in view.campaigns
@@ -75,7 +79,7 @@ def register(app: XspApp) -> None:
                     outputs = handle_budget_tick(store, tick, config, mine)
                 else:
                     admitted = decode_or_dead_letter(Admitted, message.value)
-                    outputs = handle_admitted(store, admitted, view, config)
+                    outputs = handle_admitted(store, admitted, view, config, wall_ms=wall_ms)
             except DeadLetterError as exc:
                 await dead_letter(app, event, STAGE, str(exc))
                 continue

@@ -13,7 +13,9 @@ Routes (all GET):
 Knobs (query parameters, any route): ``delay_ms``, ``status`` (e.g. 500),
 ``fail_first=N`` (500 for the first N hits of that exact path+query),
 ``drip`` (bytes/s slow drip of the real body), ``huge=MB`` (stream MB of body,
-chunked), ``xxe``, ``billion_laughs``, ``not_xml``, ``redirect_to=URL``.
+chunked), ``gzip`` (gzip the real body, ``Content-Encoding: gzip``),
+``gzip_bomb=MB`` (a small gzip body that inflates to MB), ``xxe``,
+``billion_laughs``, ``not_xml``, ``redirect_to=URL``.
 Every request is counted in ``app[HITS]`` (path -> count) so tests can prove
 that a blocked URL was never requested.
 """
@@ -22,8 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import gzip
 import re
 import sys
+import zlib
 from pathlib import Path
 
 from aiohttp import web
@@ -183,10 +188,29 @@ async def _knobs(request: web.Request, handler):  # type: ignore[no-untyped-def]
         return web.Response(text="<html><body>definitely not VAST", content_type="text/html")
     if "huge" in q:
         return await _stream_huge(request, float(q["huge"]))
+    if "gzip_bomb" in q:
+        return web.Response(body=_gzip_bomb(int(float(q["gzip_bomb"]) * 1024 * 1024)),
+                            headers={"Content-Type": _XML, "Content-Encoding": "gzip"})
     resp = await handler(request)
+    if "gzip" in q and isinstance(resp, web.Response) and resp.body is not None:
+        return web.Response(body=gzip.compress(bytes(resp.body)),  # type: ignore[arg-type]
+                            headers={"Content-Type": _XML, "Content-Encoding": "gzip"})
     if "drip" in q and isinstance(resp, web.Response) and resp.body is not None:
         return await _drip(request, bytes(resp.body), max(1.0, float(q["drip"])))  # type: ignore[arg-type]
     return resp
+
+
+@functools.lru_cache(maxsize=4)
+def _gzip_bomb(size: int) -> bytes:
+    """``<VAST version="4.2">`` + ``size`` bytes of blanks, gzip-compressed (~1000:1)."""
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [c.compress(b'<VAST version="4.2">')]
+    block = b" " * (1 << 20)
+    for _ in range(size // len(block)):
+        parts.append(c.compress(block))
+    parts.append(c.compress(b"</VAST>"))
+    parts.append(c.flush())
+    return b"".join(parts)
 
 
 async def _stream_huge(request: web.Request, mb: float) -> web.StreamResponse:

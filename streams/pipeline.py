@@ -457,6 +457,7 @@ def _budget_state(
     extras = {
         "meta": dict(row.get("meta", {})) if row else {},
         "exhausted": bool(row.get("exhausted", False)) if row else False,
+        "wall_ms": row.get("wall_ms") if row else None,
     }
     return state, extras
 
@@ -479,7 +480,14 @@ def _save_budget(
     slim = _store_records(store, row_key, state_dict, record_extra or {})
     store.put(
         row_key,
-        canonical_json({"state": slim, "meta": extras["meta"], "exhausted": extras["exhausted"]}),
+        canonical_json(
+            {
+                "state": slim,
+                "meta": extras["meta"],
+                "exhausted": extras["exhausted"],
+                "wall_ms": extras["wall_ms"],
+            }
+        ),
     )
 
 
@@ -509,8 +517,33 @@ def _expire_budget(
     return outputs
 
 
+def _row_now(
+    state: budget_logic.BudgetState, extras: dict[str, Any], wall_ms: int, event_ms: int
+) -> int:
+    """The row's event time "now" when a message stamped ``wall_ms`` arrives.
+
+    Reservation TTLs guard against a stage that stopped working, so they
+    must advance while no new request arrives (ticks, late resolutions). A
+    row therefore keeps the broker timestamp of the last message it saw and
+    moves its event clock by the wall time elapsed since: a tick 6 s after
+    the last request expires a 5 s reservation whatever the requests'
+    clocks say. Both stamps are recorded in the topic, so a replay computes
+    the same "now".
+    """
+    seen = extras.get("wall_ms")
+    drift = max(wall_ms - seen, 0) if seen is not None else 0
+    extras["wall_ms"] = wall_ms if seen is None else max(seen, wall_ms)
+    clock = state.clock_ms if state.clock_ms is not None else event_ms
+    return max(event_ms, clock + drift)
+
+
 def handle_admitted(
-    store: RowStore, admitted: Admitted, view: DirectoryView, config: PipelineConfig
+    store: RowStore,
+    admitted: Admitted,
+    view: DirectoryView,
+    config: PipelineConfig,
+    *,
+    wall_ms: int,
 ) -> list[Output]:
     """budget: reserve the campaign's maximum price if spent + reserved + price fits the budget.
 
@@ -524,7 +557,7 @@ def handle_admitted(
     if campaign is None:
         raise DeadLetterError(f"unknown campaign {cid!r}")
     state, extras = _budget_state(store, cid, [rid])
-    outputs = _expire_budget(state, extras, max(ts, state.clock_ms or ts), cid)
+    outputs = _expire_budget(state, extras, _row_now(state, extras, wall_ms, ts), cid)
     _, result = budget_logic.try_reserve(
         state, campaign, rid, ts, config.budget_ttl_ms, horizon_ms=config.horizon_ms
     )
@@ -573,7 +606,12 @@ def _status(campaign_id: str, exhausted: bool, reason: str) -> Output:
 
 
 def handle_resolution(
-    store: RowStore, resolution: Resolution, view: DirectoryView, config: PipelineConfig
+    store: RowStore,
+    resolution: Resolution,
+    view: DirectoryView,
+    config: PipelineConfig,
+    *,
+    wall_ms: int,
 ) -> list[Output]:
     """settle (in the budget row): commit at the actual price or release; one decision.
 
@@ -587,7 +625,7 @@ def handle_resolution(
     rid = resolution.request_id
     campaign = view.campaigns.get(cid)
     state, extras = _budget_state(store, cid, [rid])
-    now = resolution.resolved_at or resolution.request_timestamp
+    now = _row_now(state, extras, wall_ms, resolution.request_timestamp)
     outputs = _expire_budget(state, extras, now, cid)
     extras["meta"].pop(rid, None)
     pending = rid in state.reservations
@@ -678,7 +716,8 @@ def handle_budget_tick(
         state, extras = _budget_state(store, cid, [])
         if not state.reservations:
             continue
-        expired = _expire_budget(state, extras, tick.timestamp, cid)
+        now = _row_now(state, extras, tick.timestamp, state.clock_ms or tick.timestamp)
+        expired = _expire_budget(state, extras, now, cid)
         if expired:
             outputs += expired
             _save_budget(store, cid, state, extras)

@@ -14,6 +14,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,84 @@ def xsp_settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
         heartbeat_interval_s=0.5,
         rebalance_timeout_s=6.0,
     )
+
+
+@pytest.fixture(scope="session")
+def mock_adserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of one ``xsp mock-adserver`` subprocess on loopback for the session."""
+    from streams.devstack import MockAdServerProcess
+
+    server = MockAdServerProcess(tmp_path_factory.mktemp("adserver") / "mock.log").start()
+    try:
+        yield server.base_url
+    finally:
+        server.stop()
+
+
+class Stack:
+    """A running pipeline for one test: its settings, topic names and worker processes."""
+
+    def __init__(self, settings: Settings, ad_server: str, workdir: Path) -> None:
+        from streams.topics import TopicNames
+
+        self.settings = settings
+        self.ad_server = ad_server
+        self.workdir = workdir
+        self.names = TopicNames.from_prefix(settings.topic_prefix)
+        self.workers: list[Any] = []
+
+    def put_campaigns(self, configs: list[dict[str, Any]]) -> None:
+        import asyncio
+        import json
+
+        from streams.campaign_admin import put_campaigns
+
+        asyncio.run(
+            put_campaigns(self.settings.bootstrap_servers, self.names, json.dumps(configs).encode())
+        )
+
+    def start_worker(self, **overrides: Any) -> Any:
+        """Start one more ``xsp worker`` (own data dir and web port) and return it."""
+        from streams.devstack import WorkerProcess, _free_port
+
+        index = len(self.workers)
+        settings = self.settings.with_overrides(
+            data_dir=self.workdir / f"worker-{index}",
+            web_port=_free_port(),
+            **overrides,
+        )
+        worker = WorkerProcess(settings, self.workdir / f"worker-{index}.log").start()
+        self.workers.append(worker)
+        return worker
+
+    def worker_url(self, worker: Any) -> str:
+        return f"http://127.0.0.1:{worker.settings.web_port}"
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@pytest.fixture
+def xsp_stack(xsp_settings: Settings, mock_adserver: str, tmp_path: Path) -> Iterator[Stack]:
+    """Topics created, settings for the mock ad server; start workers with ``start_worker``."""
+    import asyncio
+
+    from streams.kafka_io import create_xsp_topics
+    from streams.topics import TopicNames
+
+    settings = xsp_settings.with_overrides(
+        web_enabled=True, vast_allowed_networks="127.0.0.1/32", tick_interval_s=0.5
+    )
+    asyncio.run(
+        create_xsp_topics(
+            settings.bootstrap_servers,
+            TopicNames.from_prefix(settings.topic_prefix),
+            partitions=settings.partitions,
+        )
+    )
+    stack = Stack(settings, mock_adserver, tmp_path)
+    try:
+        yield stack
+    finally:
+        stack.stop()

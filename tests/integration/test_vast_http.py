@@ -28,7 +28,7 @@ from streams.vast.http import (
 from streams.vast.resolver import ChainResult, ResolveContext, resolve_chain
 
 LOOPBACK = ("127.0.0.1/32",)
-TRANSPORTS = ["aiohttp", "httpx"]
+TRANSPORTS = ["aiohttp", "httpx", "httpx-aiohttp"]
 
 
 def _cfg(**kw: Any) -> FetchConfig:
@@ -310,6 +310,31 @@ def test_50mb_body_capped(transport: str) -> None:
         assert r.status == "error" and r.reason == "body_too_large" and r.vast_error_code == 100
         assert peak < 8 * 1024 * 1024, peak
         assert elapsed < 2.0
+
+    with_server(t, transport=transport)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_gzip_body_is_decoded(transport: str) -> None:
+    async def t(base: str, app: web.Application, client: VastHttpClient) -> None:
+        res = await client.get(f"{base}/inline?gzip=1")
+        assert res.body.startswith(b"<?xml") and b"<InLine>" in res.body
+        r = await _resolve(client, f"{base}/wrapper/1?gzip=1")
+        assert r.status == "filled" and r.hops == 2
+
+    with_server(t, transport=transport)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_gzip_bomb_capped_after_decoding(transport: str) -> None:
+    async def t(base: str, app: web.Application, client: VastHttpClient) -> None:
+        tracemalloc.start()
+        r = await _resolve(client, f"{base}/inline?gzip_bomb=40")  # ~40 KB on the wire
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert r.status == "error" and r.reason == "body_too_large" and r.vast_error_code == 100
+        if transport == "aiohttp":  # the bounded inflater never holds more than cap + 1 chunk
+            assert peak < 4 * 1024 * 1024, peak
 
     with_server(t, transport=transport)
 

@@ -101,8 +101,10 @@ class Pipeline:
             if out.route == "decision":
                 self.decisions.append(decode(Decision, out.value))
             elif out.route == "budget":
+                admitted = decode(Admitted, out.value)
+                wall = admitted.request.timestamp
                 self.route(
-                    handle_admitted(self.campaigns, decode(Admitted, out.value), self.view, CONFIG)
+                    handle_admitted(self.campaigns, admitted, self.view, CONFIG, wall_ms=wall)
                 )
             elif out.route == "resolve":
                 self.resolve_queue.append(decode(ResolveRequest, out.value))
@@ -128,7 +130,11 @@ class Pipeline:
         for item in queue:
             self.route(
                 handle_resolution(
-                    self.campaigns, resolution(item, status, delay_ms), self.view, CONFIG
+                    self.campaigns,
+                    resolution(item, status, delay_ms),
+                    self.view,
+                    CONFIG,
+                    wall_ms=item.request.timestamp + delay_ms,
                 )
             )
 
@@ -227,7 +233,11 @@ def test_expired_reservation_times_out_and_a_late_fill_is_not_charged() -> None:
     # The resolver was slow, not dead: its fill arrives after expiry.
     p.route(
         handle_resolution(
-            p.campaigns, resolution(pending[0], DecisionStatus.FILLED, 7_000), p.view, CONFIG
+            p.campaigns,
+            resolution(pending[0], DecisionStatus.FILLED, 7_000),
+            p.view,
+            CONFIG,
+            wall_ms=T0 + 7_000,
         )
     )
     assert [d.status for d in p.decisions] == [DecisionStatus.TIMEOUT, DecisionStatus.TIMEOUT]
@@ -244,7 +254,9 @@ def test_redelivered_messages_give_identical_decisions_and_no_double_charge() ->
     p.request("r1")
     [item] = p.resolve_queue
     p.resolve_all()
-    again = handle_resolution(p.campaigns, resolution(item, DecisionStatus.FILLED), p.view, CONFIG)
+    again = handle_resolution(
+        p.campaigns, resolution(item, DecisionStatus.FILLED), p.view, CONFIG, wall_ms=T0 + 60
+    )
     p.route(again)
     filled = [d for d in p.decisions if d.request_id == "r1"]
     assert len(filled) == 2 and filled[0] == filled[1]
@@ -351,6 +363,6 @@ def test_vast_pricing_is_used_only_when_allowed_and_lower(
         user_id="u1",
         request_timestamp=T0,
     )
-    p.route(handle_resolution(p.campaigns, filled, p.view, CONFIG))
+    p.route(handle_resolution(p.campaigns, filled, p.view, CONFIG, wall_ms=T0 + 10))
     assert p.decisions[-1].spend_micros == expected_micros
     del item
