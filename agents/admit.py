@@ -22,11 +22,13 @@ from streams.app import XspApp
 from streams.pipeline import (
     DeadLetterError,
     decode_or_dead_letter,
+    exhausted_campaigns,
     handle_ad_request,
+    handle_campaign_status,
     handle_frequency_settle,
     prune_records,
 )
-from streams.records import ContractError, FrequencySettle, Tick, message_kind
+from streams.records import CampaignStatus, ContractError, FrequencySettle, Tick, message_kind
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +53,18 @@ def register(app: XspApp) -> None:
             config = app.xsp_pipeline
             try:
                 kind = message_kind(message.value or b"")
+                # The broker timestamp is recorded with the message: replays see it too.
+                wall_ms = int(message.timestamp * 1000)
                 if kind == "frequency_settle":
                     settle = decode_or_dead_letter(FrequencySettle, message.value)
-                    outputs = handle_frequency_settle(store, settle, config)
+                    outputs = handle_frequency_settle(store, settle, config, wall_ms=wall_ms)
+                elif kind == "campaign_status":
+                    status = decode_or_dead_letter(CampaignStatus, message.value)
+                    handle_campaign_status(store, status, message.partition)
+                    outputs = []
                 elif kind == "tick":
-                    prune_records(store, decode_or_dead_letter(Tick, message.value), config)
+                    tick = decode_or_dead_letter(Tick, message.value)
+                    prune_records(store, Tick(timestamp=wall_ms, prune=tick.prune), config)
                     outputs = []
                 else:
                     request = validate_ad_request(
@@ -63,7 +72,14 @@ def register(app: XspApp) -> None:
                         now_ms=int(time.time() * 1000),
                         max_future_skew_ms=settings.max_future_skew_ms,
                     )
-                    outputs = handle_ad_request(store, request, app.xsp_directory.view, config)
+                    outputs = handle_ad_request(
+                        store,
+                        request,
+                        app.xsp_directory.view,
+                        config,
+                        wall_ms=wall_ms,
+                        exhausted=exhausted_campaigns(store, message.partition),
+                    )
             except (ContractError, DeadLetterError) as exc:
                 await dead_letter(app, event, STAGE, str(exc))
                 continue

@@ -14,6 +14,7 @@ hop per request.
 from __future__ import annotations
 
 import logging
+import time
 
 from aiokafka.partitioner import murmur2
 from faust import StreamT
@@ -24,11 +25,20 @@ from streams.pipeline import (
     DeadLetterError,
     decode_or_dead_letter,
     handle_admitted,
-    handle_budget_tick,
+    handle_expire,
     handle_resolution,
     handle_spend,
+    plan_expiry,
+    prune_records,
 )
-from streams.records import Admitted, Resolution, SpendEvent, Tick, message_kind
+from streams.records import (
+    Admitted,
+    ExpireCommand,
+    Resolution,
+    SpendEvent,
+    Tick,
+    message_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,9 @@ def register(app: XspApp) -> None:
     router = Router(app, STAGE)
     metrics = app.xsp_metrics
     partitions = app.xsp_settings.partitions
+    # Processing time each pending reservation was first seen (not table state:
+    # it is this worker's clock, and only decides when to write an ExpireCommand).
+    pending_since: dict[str, int] = {}
 
     @app.agent(app.xsp_topics.budget_requests, name=STAGE, concurrency=1)
     async def budget(stream: StreamT) -> None:
@@ -66,17 +79,21 @@ def register(app: XspApp) -> None:
                     outputs = handle_resolution(store, resolution, view, config, wall_ms=wall_ms)
                 elif kind == "spend":
                     spend = decode_or_dead_letter(SpendEvent, message.value)
-                    outputs = handle_spend(store, spend, config)
+                    outputs = handle_spend(store, spend, config, wall_ms=wall_ms)
+                elif kind == "expire":
+                    command = decode_or_dead_letter(ExpireCommand, message.value)
+                    outputs = handle_expire(store, command, config)
                 elif kind == "tick":
-                    tick = Tick(
-                        timestamp=wall_ms, prune=decode_or_dead_letter(Tick, message.value).prune
-                    )
+                    tick = decode_or_dead_letter(Tick, message.value)
+                    prune_records(store, Tick(timestamp=wall_ms, prune=tick.prune), config)
                     mine = [
                         cid
                         for cid in view.campaigns
                         if partition_of(cid, partitions) == message.partition
                     ]
-                    outputs = handle_budget_tick(store, tick, config, mine)
+                    # Expiry is decided on this worker's clock and written to the log.
+                    now_ms = int(time.time() * 1000)
+                    outputs = plan_expiry(store, mine, pending_since, now_ms, config)
                 else:
                     admitted = decode_or_dead_letter(Admitted, message.value)
                     outputs = handle_admitted(store, admitted, view, config, wall_ms=wall_ms)

@@ -64,6 +64,7 @@ class Router:
         self.app = app
         self.agent = agent
         self.metrics = app.xsp_metrics
+        self.replay_mode = app.xsp_settings.replay_mode
         self.routes: dict[str, TopicT] = {
             "budget": topics.budget_requests,
             "resolve": topics.resolve_requests,
@@ -75,6 +76,12 @@ class Router:
         }
         self._reply_topics: dict[str, TopicT] = {}
 
+    async def _broadcast(self, output: Output) -> None:
+        """One copy into every partition of ``ad-requests`` (admit reads campaign news in-log)."""
+        topic = self.app.xsp_topics.ad_requests
+        for partition in range(self.app.xsp_settings.partitions):
+            await topic.send(key=output.key.encode(), value=output.value, partition=partition)
+
     def _topic(self, output: Output) -> TopicT:
         if output.route == "decision" and output.topic:
             topic = self._reply_topics.get(output.topic)
@@ -85,7 +92,12 @@ class Router:
         return self.routes[output.route]
 
     async def send(self, outputs: Sequence[Output]) -> None:
+        if self.replay_mode:
+            return  # a replay rebuilds state; the live run already sent these
         for output in outputs:
+            if output.route == "broadcast":
+                await self._broadcast(output)
+                continue
             topic = self._topic(output)
             await topic.send(key=output.key.encode(), value=output.value)
             self.metrics.event_out(self.agent, topic.get_topic_name())
@@ -98,6 +110,8 @@ class Router:
 
 async def dead_letter(app: XspApp, event: EventT, stage: str, reason: str) -> None:
     """Send the event's original bytes to the DLQ with the reason and where it came from."""
+    if app.xsp_settings.replay_mode:
+        return
     message: Any = event.message
     letter = DeadLetter(
         reason=reason,

@@ -119,10 +119,13 @@ def _register_agents(app: XspApp) -> None:
     async def start_campaign_directory() -> None:
         await app.xsp_directory.start()
 
-    observability.register(app)
-    queries.register(app)
     admit.register(app)
     budget.register(app)
+    if app.xsp_settings.replay_mode:
+        # Rebuild tables only: no HTTP, no clock of our own, nothing sent.
+        return
+    observability.register(app)
+    queries.register(app)
     resolve.register(app)
     spend.register(app)
     campaigns.register(app)

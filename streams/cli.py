@@ -278,6 +278,68 @@ def campaigns(action: str, source: Any, as_json: bool) -> None:
         click.echo(line)
 
 
+@click.command()
+@click.option(
+    "--app-id",
+    "replay_app_id",
+    default=None,
+    help="App id of the rebuilt tables (default: <XSP_APP_ID>-replay-<time>).",
+)
+@click.option(
+    "--from-timestamp",
+    "from_timestamp_ms",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Start from the first events at or after this time (ms since epoch).",
+)
+@click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(min=1), default=300.0, show_default=True
+)
+@click.option("--no-compare", is_flag=True, help="Do not compare with the live tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def replay(
+    replay_app_id: str | None,
+    from_timestamp_ms: int | None,
+    timeout_s: float,
+    no_compare: bool,
+    as_json: bool,
+) -> None:
+    """Rebuild the tables from the topics under a new app id; report catch-up and differences."""
+    import tempfile
+    from dataclasses import asdict
+
+    from streams.replay import run_replay
+
+    settings = _app().xsp_settings
+    _require_broker(settings.bootstrap_servers)
+    new_id = replay_app_id or f"{settings.app_id}-replay-{int(time.time())}"
+    with tempfile.TemporaryDirectory(prefix="xsp-replay-") as tmp:
+        report = run_replay(
+            settings,
+            replay_app_id=new_id,
+            workdir=Path(tmp),
+            timeout_s=timeout_s,
+            from_timestamp_ms=from_timestamp_ms,
+            compare=not no_compare,
+            progress=not as_json,
+        )
+    if as_json:
+        click.echo(json.dumps({**asdict(report), "identical": report.identical}, sort_keys=True))
+    else:
+        state = "caught up" if report.caught_up else "NOT caught up"
+        click.echo(
+            f"replay {report.replay_app_id}: {state} after {report.seconds} s, "
+            f"{report.events} events"
+        )
+        for table, counts in report.tables.items():
+            click.echo(
+                f"  {table:<10} live {counts['live_keys']} keys, replay "
+                f"{counts['replay_keys']} keys, {counts['differing']} differ"
+            )
+    if not report.caught_up or (report.tables and not report.identical):
+        sys.exit(1)
+
+
 def _lag_command() -> click.Command:
     from streams.lag import lag_command
 
@@ -292,6 +354,7 @@ COMMANDS: list[click.Command] = [
     resolve,
     mock_adserver,
     campaigns,
+    replay,
     _lag_command(),
 ]
 

@@ -51,8 +51,14 @@ def _base(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-def inline_xml(base: str, *, ns: bool = False, ad_id: str = "inline-0",
-               price: str | None = "2.50", sequence: int | None = None) -> str:
+def inline_xml(
+    base: str,
+    *,
+    ns: bool = False,
+    ad_id: str = "inline-0",
+    price: str | None = "2.50",
+    sequence: int | None = None,
+) -> str:
     """A small, valid VAST 4.2 inline ad whose trackers point at ``base``/pixel."""
     seq = f' sequence="{sequence}"' if sequence is not None else ""
     pricing = f'<Pricing model="cpm" currency="USD">{price}</Pricing>' if price else ""
@@ -73,8 +79,9 @@ def inline_xml(base: str, *, ns: bool = False, ad_id: str = "inline-0",
 </Linear></Creative></Creatives></InLine></Ad></VAST>"""
 
 
-def wrapper_xml(base: str, target: str, *, ns: bool = False, ad_id: str = "w",
-                attrs: str = "") -> str:
+def wrapper_xml(
+    base: str, target: str, *, ns: bool = False, ad_id: str = "w", attrs: str = ""
+) -> str:
     """A VAST 4.2 wrapper pointing at ``target`` with its own trackers."""
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <VAST version="4.2"{_NS if ns else ""}><Ad id="{ad_id}"><Wrapper{attrs}>
@@ -91,8 +98,10 @@ def wrapper_xml(base: str, target: str, *, ns: bool = False, ad_id: str = "w",
 
 def empty_xml(base: str) -> str:
     """A VAST response with no ad and a root-level Error URL."""
-    return (f'<VAST version="4.2"><Error><![CDATA[{base}/pixel/err/empty?code=[ERRORCODE]]]>'
-            "</Error></VAST>")
+    return (
+        f'<VAST version="4.2"><Error><![CDATA[{base}/pixel/err/empty?code=[ERRORCODE]]]>'
+        "</Error></VAST>"
+    )
 
 
 XXE_DOC = """<?xml version="1.0"?>
@@ -189,12 +198,16 @@ async def _knobs(request: web.Request, handler):  # type: ignore[no-untyped-def]
     if "huge" in q:
         return await _stream_huge(request, float(q["huge"]))
     if "gzip_bomb" in q:
-        return web.Response(body=_gzip_bomb(int(float(q["gzip_bomb"]) * 1024 * 1024)),
-                            headers={"Content-Type": _XML, "Content-Encoding": "gzip"})
+        return web.Response(
+            body=_gzip_bomb(int(float(q["gzip_bomb"]) * 1024 * 1024)),
+            headers={"Content-Type": _XML, "Content-Encoding": "gzip"},
+        )
     resp = await handler(request)
     if "gzip" in q and isinstance(resp, web.Response) and resp.body is not None:
-        return web.Response(body=gzip.compress(bytes(resp.body)),  # type: ignore[arg-type]
-                            headers={"Content-Type": _XML, "Content-Encoding": "gzip"})
+        return web.Response(
+            body=gzip.compress(bytes(resp.body)),  # type: ignore[arg-type]
+            headers={"Content-Type": _XML, "Content-Encoding": "gzip"},
+        )
     if "drip" in q and isinstance(resp, web.Response) and resp.body is not None:
         return await _drip(request, bytes(resp.body), max(1.0, float(q["drip"])))  # type: ignore[arg-type]
     return resp
@@ -245,8 +258,9 @@ async def _drip(request: web.Request, body: bytes, rate: float) -> web.StreamRes
     return resp
 
 
-def make_app(vast_dir: str | Path | None = None,
-             docs: dict[str, str] | None = None) -> web.Application:
+def make_app(
+    vast_dir: str | Path | None = None, docs: dict[str, str] | None = None
+) -> web.Application:
     """Build the mock application (routes and knobs as in the module docstring)."""
     app = web.Application(middlewares=[_knobs])
     app[HITS] = collections.Counter()
@@ -268,10 +282,12 @@ def _check_host(host: str) -> None:
         raise ValueError("the mock ad server binds to 127.0.0.1 only")
 
 
-async def start_mock_adserver(host: str = "127.0.0.1", port: int = 0,
-                              vast_dir: str | Path | None = None,
-                              docs: dict[str, str] | None = None,
-                              ) -> tuple[web.AppRunner, str]:
+async def start_mock_adserver(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    vast_dir: str | Path | None = None,
+    docs: dict[str, str] | None = None,
+) -> tuple[web.AppRunner, str]:
     """Start the server on loopback; return ``(runner, base_url)``.
 
     ``port=0`` picks a free port. Stop it with ``await runner.cleanup()``;
@@ -288,8 +304,9 @@ async def start_mock_adserver(host: str = "127.0.0.1", port: int = 0,
     return runner, f"http://{host}:{real_port}"
 
 
-def run_mock_adserver(host: str = "127.0.0.1", port: int = 8089,
-                      vast_dir: str | Path | None = None) -> None:
+def run_mock_adserver(
+    host: str = "127.0.0.1", port: int = 8089, vast_dir: str | Path | None = None
+) -> None:
     """Run the mock server in the foreground until interrupted (CLI entry)."""
     _check_host(host)
     print(f"mock ad server on http://{host}:{port}", file=sys.stderr)

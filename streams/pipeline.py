@@ -50,9 +50,11 @@ from streams.records import (
     Admitted,
     AdPayload,
     AdRequest,
+    CampaignStatus,
     ContractError,
     Decision,
     DecisionStatus,
+    ExpireCommand,
     FrequencySettle,
     Resolution,
     ResolveRequest,
@@ -69,20 +71,33 @@ __all__ = [
     "RowStore",
     "budget_snapshot",
     "decode_or_dead_letter",
+    "exhausted_campaigns",
     "frequency_snapshot",
     "handle_ad_request",
     "handle_admitted",
-    "handle_budget_tick",
+    "handle_campaign_status",
+    "handle_expire",
     "handle_frequency_settle",
     "handle_resolution",
     "handle_spend",
+    "plan_expiry",
     "prune_records",
 ]
 
 SEP = "\x1f"
-R = TypeVar("R", AdRequest, Admitted, FrequencySettle, Resolution, SpendEvent, Tick)
+R = TypeVar(
+    "R",
+    AdRequest,
+    Admitted,
+    CampaignStatus,
+    ExpireCommand,
+    FrequencySettle,
+    Resolution,
+    SpendEvent,
+    Tick,
+)
 TIMEOUT_REASON = "no resolution before the budget reservation expired"
-Route = Literal["budget", "resolve", "decision", "frequency", "status"]
+Route = Literal["budget", "resolve", "decision", "frequency", "status", "broadcast"]
 
 
 class RowStore(Protocol):
@@ -113,14 +128,20 @@ class Output:
 class PipelineConfig:
     """Timing rules of the money core (all event time, milliseconds).
 
-    ``budget_ttl_ms`` must exceed the resolve deadline so a healthy chain
-    always settles before its reservation expires; the cap slot lives longer
-    (``frequency_ttl_ms``) so the budget's verdict always reaches it first.
-    ``horizon_ms`` is how long outcome records are remembered for dedupe.
+    ``budget_ttl_ms`` (processing time) is how long the budget agent waits
+    for a reservation's Resolution before it writes an ExpireCommand into
+    its own input log; it must exceed the resolve deadline. The decision is
+    recorded in the log because it depends on the wall clock: a replay
+    applies the same commands at the same places instead of re-deciding.
+    ``safety_ttl_ms`` and ``frequency_ttl_ms`` are event-time backstops in
+    the rows themselves (a reservation whose every message was lost); the
+    cap slot outlives the budget one so the budget's verdict reaches it
+    first. ``horizon_ms`` is how long outcome records are remembered.
     """
 
     budget_ttl_ms: int = 5_000
-    frequency_ttl_ms: int = 15_000
+    safety_ttl_ms: int = 1_800_000
+    frequency_ttl_ms: int = 2_700_000
     horizon_ms: int = 3_600_000
     max_hops: int = 5
     served_log_ms: int = 86_400_000
@@ -156,11 +177,21 @@ def _hydrated(
 
 
 def _store_records(
-    store: RowStore, row_key: str, state_dict: dict[str, Any], extra: dict[str, dict[str, Any]]
+    store: RowStore,
+    row_key: str,
+    state_dict: dict[str, Any],
+    extra: dict[str, dict[str, Any]],
+    wall_ms: int | None,
 ) -> dict[str, Any]:
-    """Move outcome records out of ``state_dict`` into their own keys; return the slim state."""
+    """Move outcome records out of ``state_dict`` into their own keys; return the slim state.
+
+    ``at`` is the broker time the record was written: dedupe guards against
+    redelivery, which happens within processing time, so records are
+    forgotten a horizon of processing time later (whatever their event time).
+    """
     for rid, rec in state_dict.pop("records", {}).items():
-        value = {"rec": rec, "at": rec.get("at", 0), **extra.get(rid, {})}
+        at = wall_ms if wall_ms is not None else rec.get("at", 0)
+        value = {"rec": rec, "at": at, **extra.get(rid, {})}
         store.put(_record_key(row_key, rid), canonical_json(value))
     state_dict["records"] = {}
     # The floor guards forgotten ids inside one row; here records expire by key instead.
@@ -244,6 +275,7 @@ class _UserRow:
     pending: dict[str, str]
     served: list[int]
     record_campaign: str | None
+    wall_ms: int | None = None
 
 
 def _load_user(store: RowStore, user_id: str, request_id: str) -> _UserRow:
@@ -268,15 +300,24 @@ def _save_user(store: RowStore, user_id: str, row: _UserRow) -> None:
         for rid in list(row.pending)
         if rid not in row.state.reservations
     }
-    slim = _store_records(store, row_key, row.state.to_dict(), extra)
+    slim = _store_records(store, row_key, row.state.to_dict(), extra, row.wall_ms)
     body = {"state": slim, "pending": row.pending, "served": row.served}
     store.put(row_key, canonical_json(body))
 
 
 def handle_ad_request(
-    store: RowStore, request: AdRequest, view: DirectoryView, config: PipelineConfig
+    store: RowStore,
+    request: AdRequest,
+    view: DirectoryView,
+    config: PipelineConfig,
+    *,
+    wall_ms: int | None = None,
+    exhausted: set[str] | None = None,
 ) -> list[Output]:
     """admit: dedupe, pick a campaign, check every cap and reserve one slot, in the user's row.
+
+    ``exhausted`` is the set of campaigns admit has been told are out of
+    budget (``exhausted_campaigns``), defaulting to the directory's view.
 
     Guarantees: at most one reservation per request id; a duplicate request
     re-sends what the first one sent; a capped request gets one ``capped``
@@ -285,8 +326,11 @@ def handle_ad_request(
     """
     rid, ts = request.request_id, request.timestamp
     row = _load_user(store, request.user_id, rid)
+    row.wall_ms = wall_ms
     chosen = row.pending.get(rid) or row.record_campaign
-    candidates = _candidates(request, view, chosen)
+    if exhausted is None:
+        exhausted = set(view.exhausted)
+    candidates = _candidates(request, view, chosen, exhausted)
     if not candidates:
         return [
             _decision(
@@ -333,7 +377,9 @@ def _with_campaign(raw: bytes | None, campaign: Campaign) -> bytes:
     return canonical_json(value)
 
 
-def _candidates(request: AdRequest, view: DirectoryView, chosen_id: str | None) -> list[Campaign]:
+def _candidates(
+    request: AdRequest, view: DirectoryView, chosen_id: str | None, exhausted: set[str]
+) -> list[Campaign]:
     if chosen_id is not None:
         campaign = view.campaigns.get(chosen_id)
         if campaign is None:
@@ -348,7 +394,7 @@ def _candidates(request: AdRequest, view: DirectoryView, chosen_id: str | None) 
     return [
         c
         for c in view.by_priority()
-        if c.schedule.contains(request.timestamp) and c.campaign_id not in view.exhausted
+        if c.schedule.contains(request.timestamp) and c.campaign_id not in exhausted
     ]
 
 
@@ -407,11 +453,33 @@ def _capped_reason(outcome: caps_logic.ReserveOutcome) -> str:
     return "frequency cap reached: " + ", ".join(parts)
 
 
+def _status_key(partition: int) -> str:
+    return f"x:{partition}"
+
+
+def exhausted_campaigns(store: RowStore, partition: int) -> set[str]:
+    """Campaigns admit skips on ``partition``, as of this point in its log."""
+    row = _load(store, _status_key(partition))
+    return {cid for cid, exhausted in (row or {}).items() if exhausted}
+
+
+def handle_campaign_status(store: RowStore, status: CampaignStatus, partition: int) -> None:
+    """admit: remember a campaign's exhausted flag in this partition's status row."""
+    row = _load(store, _status_key(partition)) or {}
+    row[status.campaign_id] = status.exhausted
+    store.put(_status_key(partition), canonical_json(row))
+
+
 def handle_frequency_settle(
-    store: RowStore, settle: FrequencySettle, config: PipelineConfig
+    store: RowStore,
+    settle: FrequencySettle,
+    config: PipelineConfig,
+    *,
+    wall_ms: int | None = None,
 ) -> list[Output]:
     """admit: commit (ad served) or release (not served) one cap slot. Idempotent."""
     row = _load_user(store, settle.user_id, settle.request_id)
+    row.wall_ms = wall_ms
     if settle.action == "commit":
         result = caps_logic.commit(
             row.state, settle.request_id, settle.timestamp, horizon_ms=config.horizon_ms
@@ -472,12 +540,10 @@ def _save_budget(
     row_key = _campaign_key(campaign_id)
     state_dict = state.to_dict()
     for event_id, spend in state_dict.pop("spend_events", {}).items():
-        store.put(
-            f"s:{row_key}{SEP}{event_id}",
-            canonical_json({"spend": spend, "at": spend.get("at", 0)}),
-        )
+        at = extras["wall_ms"] if extras["wall_ms"] is not None else spend.get("at", 0)
+        store.put(f"s:{row_key}{SEP}{event_id}", canonical_json({"spend": spend, "at": at}))
     state_dict["spend_events"] = {}
-    slim = _store_records(store, row_key, state_dict, record_extra or {})
+    slim = _store_records(store, row_key, state_dict, record_extra or {}, extras["wall_ms"])
     store.put(
         row_key,
         canonical_json(
@@ -517,26 +583,6 @@ def _expire_budget(
     return outputs
 
 
-def _row_now(
-    state: budget_logic.BudgetState, extras: dict[str, Any], wall_ms: int, event_ms: int
-) -> int:
-    """The row's event time "now" when a message stamped ``wall_ms`` arrives.
-
-    Reservation TTLs guard against a stage that stopped working, so they
-    must advance while no new request arrives (ticks, late resolutions). A
-    row therefore keeps the broker timestamp of the last message it saw and
-    moves its event clock by the wall time elapsed since: a tick 6 s after
-    the last request expires a 5 s reservation whatever the requests'
-    clocks say. Both stamps are recorded in the topic, so a replay computes
-    the same "now".
-    """
-    seen = extras.get("wall_ms")
-    drift = max(wall_ms - seen, 0) if seen is not None else 0
-    extras["wall_ms"] = wall_ms if seen is None else max(seen, wall_ms)
-    clock = state.clock_ms if state.clock_ms is not None else event_ms
-    return max(event_ms, clock + drift)
-
-
 def handle_admitted(
     store: RowStore,
     admitted: Admitted,
@@ -557,9 +603,10 @@ def handle_admitted(
     if campaign is None:
         raise DeadLetterError(f"unknown campaign {cid!r}")
     state, extras = _budget_state(store, cid, [rid])
-    outputs = _expire_budget(state, extras, _row_now(state, extras, wall_ms, ts), cid)
+    extras["wall_ms"] = wall_ms
+    outputs = _expire_budget(state, extras, max(ts, state.clock_ms or ts), cid)
     _, result = budget_logic.try_reserve(
-        state, campaign, rid, ts, config.budget_ttl_ms, horizon_ms=config.horizon_ms
+        state, campaign, rid, ts, config.safety_ttl_ms, horizon_ms=config.horizon_ms
     )
     if isinstance(result, budget_logic.Stale):
         raise DeadLetterError(f"request {rid!r} is older than the dedupe horizon of {cid!r}")
@@ -595,14 +642,21 @@ def handle_admitted(
     )
     if result.reason in ("total", "daily") and not extras["exhausted"]:
         extras["exhausted"] = True
-        outputs.append(_status(cid, True, result.reason))
+        outputs += _status(cid, True, result.reason)
     _save_budget(store, cid, state, extras)
     return outputs
 
 
-def _status(campaign_id: str, exhausted: bool, reason: str) -> Output:
-    body = {"campaign_id": campaign_id, "exhausted": exhausted, "reason": reason}
-    return Output("status", campaign_id, canonical_json(body))
+def _status(campaign_id: str, exhausted: bool, reason: str) -> list[Output]:
+    """The campaign's new state, twice: to the compacted status topic (operators,
+    directories) and broadcast into every ``ad-requests`` partition for admit, which
+    must see it at a fixed place in its own log to stay replayable."""
+    body = canonical_json({"campaign_id": campaign_id, "exhausted": exhausted, "reason": reason})
+    status = CampaignStatus(campaign_id=campaign_id, exhausted=exhausted, reason=reason)
+    return [
+        Output("status", campaign_id, body),
+        Output("broadcast", campaign_id, encode(status)),
+    ]
 
 
 def handle_resolution(
@@ -625,7 +679,8 @@ def handle_resolution(
     rid = resolution.request_id
     campaign = view.campaigns.get(cid)
     state, extras = _budget_state(store, cid, [rid])
-    now = _row_now(state, extras, wall_ms, resolution.request_timestamp)
+    extras["wall_ms"] = wall_ms
+    now = max(resolution.request_timestamp, state.clock_ms or 0)
     outputs = _expire_budget(state, extras, now, cid)
     extras["meta"].pop(rid, None)
     pending = rid in state.reservations
@@ -661,7 +716,7 @@ def handle_resolution(
             left.daily_micros is None or left.daily_micros >= campaign.max_price_micros
         ):
             extras["exhausted"] = False
-            outputs.append(_status(cid, False, "budget available again"))
+            outputs += _status(cid, False, "budget available again")
     _save_budget(store, cid, state, extras)
     return outputs
 
@@ -685,12 +740,16 @@ def _vast_pricing(ad: AdPayload | None) -> budget_logic.VastPricing | None:
     )
 
 
-def handle_spend(store: RowStore, event: SpendEvent, config: PipelineConfig) -> list[Output]:
+def handle_spend(
+    store: RowStore, event: SpendEvent, config: PipelineConfig, *, wall_ms: int | None = None
+) -> list[Output]:
     """spend: apply an edge's adjustment to the campaign's spend once per event id."""
     if event.amount_micros < 0:
         raise DeadLetterError(f"SpendEvent.amount_micros must be >= 0, got {event.amount_micros}")
     cid = event.campaign_id
     state, extras = _budget_state(store, cid, [])
+    if wall_ms is not None:
+        extras["wall_ms"] = max(extras["wall_ms"] or 0, wall_ms)
     row_key = _campaign_key(cid)
     seen = _load(store, f"s:{row_key}{SEP}{event.event_id}")
     if seen is not None:
@@ -707,21 +766,70 @@ def handle_spend(store: RowStore, event: SpendEvent, config: PipelineConfig) -> 
     return []
 
 
-def handle_budget_tick(
-    store: RowStore, tick: Tick, config: PipelineConfig, campaign_ids: Iterable[str]
+def plan_expiry(
+    store: RowStore,
+    campaign_ids: Iterable[str],
+    pending_since: dict[str, int],
+    now_wall_ms: int,
+    config: PipelineConfig,
 ) -> list[Output]:
-    """budget: expire reservations of idle campaigns (timeout decisions, cap releases)."""
+    """budget (on a tick): ExpireCommands for reservations pending longer than the TTL.
+
+    ``pending_since`` maps request id → the processing time this worker first
+    saw the reservation pending; it lives in the agent, not the table
+    (a worker that takes over a partition starts the clock afresh, which
+    only delays expiry). Reads rows, writes none; emits one command per
+    reservation. The command lands in the log after any Resolution that was
+    already produced, so a late but real resolution still wins.
+    """
     outputs: list[Output] = []
+    live: set[str] = set()
     for cid in campaign_ids:
-        state, extras = _budget_state(store, cid, [])
-        if not state.reservations:
+        row = _load(store, _campaign_key(cid))
+        if row is None:
             continue
-        now = _row_now(state, extras, tick.timestamp, state.clock_ms or tick.timestamp)
-        expired = _expire_budget(state, extras, now, cid)
-        if expired:
-            outputs += expired
-            _save_budget(store, cid, state, extras)
-    prune_records(store, tick, config)
+        for rid in row["state"].get("reservations", {}):
+            live.add(rid)
+            since = pending_since.setdefault(rid, now_wall_ms)
+            if since >= 0 and now_wall_ms - since >= config.budget_ttl_ms:
+                command = ExpireCommand(campaign_id=cid, request_id=rid, timestamp=now_wall_ms)
+                outputs.append(Output("budget", cid, encode(command)))
+                pending_since[rid] = -1  # sent once; the log does the rest
+    for rid in [r for r in pending_since if r not in live]:
+        del pending_since[rid]
+    return outputs
+
+
+def handle_expire(store: RowStore, command: ExpireCommand, config: PipelineConfig) -> list[Output]:
+    """budget: release a reservation whose Resolution did not come in time.
+
+    Guarantees: only a still-pending reservation is released (its budget and
+    cap slot freed, a ``timeout`` decision sent); after a settle it is a no-op.
+    A Resolution arriving later for it gets the same ``timeout`` decision.
+    """
+    cid, rid = command.campaign_id, command.request_id
+    state, extras = _budget_state(store, cid, [rid])
+    if rid not in state.reservations:
+        return []
+    extras["wall_ms"] = command.timestamp
+    budget_logic.settle(state, rid, None)
+    meta = extras["meta"].pop(rid, None)
+    outputs: list[Output] = []
+    if meta is not None:
+        user_id, reply_to, ts = meta
+        outputs.append(_frequency(rid, user_id, "release", ts))
+        outputs.append(
+            _decision(
+                rid,
+                DecisionStatus.TIMEOUT,
+                user_id=user_id,
+                reply_to=reply_to,
+                decided_at=ts,
+                campaign_id=cid,
+                reason=TIMEOUT_REASON,
+            )
+        )
+    _save_budget(store, cid, state, extras)
     return outputs
 
 

@@ -26,10 +26,12 @@ __all__ = [
     "AdPayload",
     "AdRequest",
     "Admitted",
+    "CampaignStatus",
     "ContractError",
     "DeadLetter",
     "Decision",
     "DecisionStatus",
+    "ExpireCommand",
     "FrequencySettle",
     "Resolution",
     "ResolveRequest",
@@ -710,6 +712,72 @@ class Tick(_Record):
     def from_dict(cls, obj: dict[str, Any]) -> Tick:
         r = _Reader(cls.KIND, obj)
         return cls(timestamp=r.integer("timestamp", minimum=0), prune=obj.get("prune") is True)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireCommand(_Record):
+    """budget → budget (topic ``budget-requests``, key campaign): release a stuck reservation.
+
+    Written by the budget agent itself when a reservation waited longer than
+    the TTL in processing time; applied when read back, so the decision is in
+    the log and a replay applies it at the same place.
+    """
+
+    KIND: ClassVar[str] = "ExpireCommand"
+
+    campaign_id: str
+    request_id: str
+    timestamp: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "kind": "expire",
+            "campaign_id": self.campaign_id,
+            "request_id": self.request_id,
+            "timestamp": self.timestamp,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> ExpireCommand:
+        r = _Reader(cls.KIND, obj)
+        return cls(
+            campaign_id=r.identifier("campaign_id"),
+            request_id=r.identifier("request_id"),
+            timestamp=r.integer("timestamp", minimum=0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignStatus(_Record):
+    """budget → admit (every ``ad-requests`` partition): a campaign is out of budget, or back."""
+
+    KIND: ClassVar[str] = "CampaignStatus"
+
+    campaign_id: str
+    exhausted: bool
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "kind": "campaign_status",
+            "campaign_id": self.campaign_id,
+            "exhausted": self.exhausted,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> CampaignStatus:
+        r = _Reader(cls.KIND, obj)
+        exhausted = obj.get("exhausted")
+        if not isinstance(exhausted, bool):
+            raise ContractError("CampaignStatus.exhausted must be true or false")
+        return cls(
+            campaign_id=r.identifier("campaign_id"),
+            exhausted=exhausted,
+            reason=r.string("reason", required=False),
+        )
 
 
 def _sub(r: _Reader, name: str) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class Settings:
     reservation_ttl_ms: int = 5_000
     tick_interval_s: float = 1.0
     api_token: str = ""
+    replay_mode: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -148,6 +149,7 @@ ENV_VARS: dict[str, str] = {
     "reservation_ttl_ms": "XSP_RESERVATION_TTL_MS",
     "tick_interval_s": "XSP_TICK_INTERVAL_S",
     "api_token": "XSP_API_TOKEN",
+    "replay_mode": "XSP_REPLAY_MODE",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -100,8 +100,9 @@ class FetchConfig:
 class FetchError(Exception):
     """A fetch that produced no usable body; ``kind`` says why."""
 
-    def __init__(self, kind: FetchErrorKind, message: str, *, url: str = "",
-                 status: int | None = None) -> None:
+    def __init__(
+        self, kind: FetchErrorKind, message: str, *, url: str = "", status: int | None = None
+    ) -> None:
         self.kind: FetchErrorKind = kind
         self.url = url
         self.status = status
@@ -134,8 +135,9 @@ class HostCookieJar:
     """
 
     def __init__(self, initial: dict[str, dict[str, str]] | None = None) -> None:
-        self._jar: dict[str, dict[str, str]] = {h.lower(): dict(c) for h, c in
-                                                (initial or {}).items()}
+        self._jar: dict[str, dict[str, str]] = {
+            h.lower(): dict(c) for h, c in (initial or {}).items()
+        }
 
     def header_for(self, host: str) -> str | None:
         """The Cookie header value for ``host`` or ``None``."""
@@ -178,8 +180,9 @@ class SsrfGuard:
     IPv4-mapped forms of those). A host is allowed iff *all* its addresses are.
     """
 
-    def __init__(self, *, enabled: bool = True, allowed: Iterable[str] = (),
-                 dns_ttl_s: float = 30.0) -> None:
+    def __init__(
+        self, *, enabled: bool = True, allowed: Iterable[str] = (), dns_ttl_s: float = 30.0
+    ) -> None:
         self.enabled = enabled
         self.allowed: tuple[IpNetwork, ...] = tuple(
             ipaddress.ip_network(c, strict=False) for c in allowed
@@ -280,8 +283,9 @@ def _guarded_resolver(guard: SsrfGuard) -> Any:
         def __init__(self) -> None:
             self._inner = aiohttp.ThreadedResolver()
 
-        async def resolve(self, host: str, port: int = 0,
-                          family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
             res = await self._inner.resolve(host, port, family)
             ok = [r for r in res if guard.address_allowed(r["host"])]
             if not ok:
@@ -294,8 +298,9 @@ def _guarded_resolver(guard: SsrfGuard) -> Any:
     return _GuardedResolver()
 
 
-def _aiohttp_session(cfg: FetchConfig, guard: SsrfGuard, *,
-                     headers: dict[str, str] | None = None) -> Any:
+def _aiohttp_session(
+    cfg: FetchConfig, guard: SsrfGuard, *, headers: dict[str, str] | None = None
+) -> Any:
     import aiohttp
 
     connector = aiohttp.TCPConnector(
@@ -308,8 +313,9 @@ def _aiohttp_session(cfg: FetchConfig, guard: SsrfGuard, *,
     )
     # DummyCookieJar: cookies are handled per resolution by HostCookieJar,
     # a process-wide jar would leak one user's cookies into another's request.
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                 headers=headers, trust_env=False)
+    return aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), headers=headers, trust_env=False
+    )
 
 
 def _make_httpx_transport(cfg: FetchConfig, guard: SsrfGuard) -> httpx.AsyncBaseTransport:
@@ -376,8 +382,9 @@ class _AiohttpBackend:
         # Pool wait and connect as before (httpx-aiohttp's mapping). No sock_read:
         # the hop deadline in get() is never later than per_hop_timeout_s, so a
         # per-read timer (re-armed on every chunk) could never fire first.
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=cfg.pool_timeout_s,
-                                              sock_connect=cfg.connect_timeout_s)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=cfg.pool_timeout_s, sock_connect=cfg.connect_timeout_s
+        )
 
     @property
     def closed(self) -> bool:
@@ -394,20 +401,29 @@ class _AiohttpBackend:
         if session is None:
             if self._closed:
                 raise FetchError("protocol", "client is closed", url=url)
-            session = self._session = _aiohttp_session(self._cfg, self._guard,
-                                                       headers=self._headers)
+            session = self._session = _aiohttp_session(
+                self._cfg, self._guard, headers=self._headers
+            )
         try:
-            resp = await session.request("GET", url, headers=headers, allow_redirects=False,
-                                         auto_decompress=False, timeout=self._timeout)
+            resp = await session.request(
+                "GET",
+                url,
+                headers=headers,
+                allow_redirects=False,
+                auto_decompress=False,
+                timeout=self._timeout,
+            )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise _Retryable(FetchError("connect", str(exc) or type(exc).__name__,
-                                        url=url)) from None
+            raise _Retryable(
+                FetchError("connect", str(exc) or type(exc).__name__, url=url)
+            ) from None
         except aiohttp.ServerTimeoutError as exc:
             raise FetchError("timeout", str(exc) or type(exc).__name__, url=url) from None
         except aiohttp.ClientConnectionError as exc:
             # e.g. a pooled keep-alive connection closed by the server under us
-            raise _Retryable(FetchError("connect", str(exc) or type(exc).__name__,
-                                        url=url)) from None
+            raise _Retryable(
+                FetchError("connect", str(exc) or type(exc).__name__, url=url)
+            ) from None
         except (aiohttp.ClientError, ValueError) as exc:  # bad URL, malformed response
             raise FetchError("protocol", str(exc) or type(exc).__name__, url=url) from None
         try:
@@ -460,16 +476,18 @@ class _AiohttpBackend:
 class _HttpxBackend:
     """Exchanges through an ``httpx.AsyncClient`` (any httpx transport)."""
 
-    def __init__(self, cfg: FetchConfig, transport: httpx.AsyncBaseTransport,
-                 headers: dict[str, str]) -> None:
+    def __init__(
+        self, cfg: FetchConfig, transport: httpx.AsyncBaseTransport, headers: dict[str, str]
+    ) -> None:
         self._cfg = cfg
         self.client = httpx.AsyncClient(
             transport=transport,
             follow_redirects=False,
             trust_env=False,  # never route ad calls through an env-configured proxy
             headers=headers,
-            timeout=httpx.Timeout(cfg.per_hop_timeout_s, connect=cfg.connect_timeout_s,
-                                  pool=cfg.pool_timeout_s),
+            timeout=httpx.Timeout(
+                cfg.per_hop_timeout_s, connect=cfg.connect_timeout_s, pool=cfg.pool_timeout_s
+            ),
         )
         # The client-level jar would be shared by every request of the process.
         self.client.cookies.jar.set_policy(DefaultCookiePolicy(allowed_domains=()))
@@ -486,8 +504,9 @@ class _HttpxBackend:
             req = self.client.build_request("GET", url, headers=headers)
             resp = await self.client.send(req, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _Retryable(FetchError("connect", str(exc) or type(exc).__name__,
-                                        url=url)) from None
+            raise _Retryable(
+                FetchError("connect", str(exc) or type(exc).__name__, url=url)
+            ) from None
         except httpx.PoolTimeout as exc:
             raise FetchError("timeout", f"pool: {exc}", url=url) from None
         except httpx.TimeoutException as exc:
@@ -530,18 +549,26 @@ class VastHttpClient:
     :func:`get_shared_client` for one instance per process/loop.
     """
 
-    def __init__(self, config: FetchConfig | None = None, *,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        config: FetchConfig | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.config = cfg = config or FetchConfig()
-        self.guard = SsrfGuard(enabled=not cfg.allow_private_networks,
-                               allowed=cfg.allowed_networks, dns_ttl_s=cfg.dns_cache_ttl_s)
+        self.guard = SsrfGuard(
+            enabled=not cfg.allow_private_networks,
+            allowed=cfg.allowed_networks,
+            dns_ttl_s=cfg.dns_cache_ttl_s,
+        )
         headers = {"User-Agent": cfg.user_agent, "Accept": "application/xml, text/xml, */*"}
         self._backend: _AiohttpBackend | _HttpxBackend
         if transport is None and cfg.transport == "aiohttp":
             self._backend = _AiohttpBackend(cfg, self.guard, headers)
         else:
             self._backend = _HttpxBackend(
-                cfg, transport or _make_httpx_transport(cfg, self.guard), headers)
+                cfg, transport or _make_httpx_transport(cfg, self.guard), headers
+            )
         self._exchange = self._backend.exchange
 
     @property
@@ -559,8 +586,9 @@ class VastHttpClient:
         """Close the pool (idempotent)."""
         await self._backend.aclose()
 
-    async def get(self, url: str, *, ctx: FetchContext | None = None,
-                  deadline: float | None = None) -> FetchResult:
+    async def get(
+        self, url: str, *, ctx: FetchContext | None = None, deadline: float | None = None
+    ) -> FetchResult:
         """GET one VAST document under the policy in the module docstring.
 
         ``deadline`` is an absolute ``loop.time()``; default ``now + total_timeout_s``.
@@ -621,17 +649,23 @@ class VastHttpClient:
                 ctx.cookies.store(host, set_cookies)
             if status in _REDIRECTS:
                 if not location:
-                    raise FetchError("status", "redirect without Location", url=current,
-                                     status=status)
+                    raise FetchError(
+                        "status", "redirect without Location", url=current, status=status
+                    )
                 current = urljoin(current, location)
                 continue
             if status >= 500:
-                raise _Retryable(FetchError("status", f"HTTP {status}", url=current,
-                                            status=status))
+                raise _Retryable(FetchError("status", f"HTTP {status}", url=current, status=status))
             if body is None:  # not a usable 2xx (4xx, 204, 1xx, other 3xx)
                 raise FetchError("status", f"HTTP {status}", url=current, status=status)
-            return FetchResult(url=url, final_url=current, status=status, body=body,
-                               elapsed_ms=0.0, redirects=redirects)
+            return FetchResult(
+                url=url,
+                final_url=current,
+                status=status,
+                body=body,
+                elapsed_ms=0.0,
+                redirects=redirects,
+            )
         raise FetchError("redirect", f"more than {cfg.max_redirects} redirects", url=url)
 
 

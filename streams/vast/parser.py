@@ -193,16 +193,22 @@ def _tracking_into(out: list[TrackingEvent], el: etree._Element) -> None:
         tag = t.tag
         if (_ln(tag) or _local_slow(tag)) != "Tracking":
             continue
-        ev = t.get("event")
+        # One items() call instead of get("event") + get("offset").
+        ev = offset = None
+        for k, v in t.items():
+            if k == "event":
+                ev = v
+            elif k == "offset":
+                offset = v
         if not ev:
             continue
+        ev = ev.strip()
         u = t.text
         if u and (u := u.strip()):  # the common VAST 2+ shape: the URL is the element text
-            append(TrackingEvent(ev.strip(), u, t.get("offset")))
+            append(TrackingEvent(ev, u, offset))
         else:
-            offset = t.get("offset")
             for u in _urls(t):
-                append(TrackingEvent(ev.strip(), u, offset))
+                append(TrackingEvent(ev, u, offset))
 
 
 def _tracking(el: etree._Element) -> list[TrackingEvent]:
@@ -309,8 +315,9 @@ def _nonlinear_into(cr: Creative, el: etree._Element) -> None:
         if n == "NonLinear":
             res, click, tracks = _resources(c)
             cr.nonlinears.append(
-                NonLinear(c.get("id"), _int(c.get("width")), _int(c.get("height")), res, click,
-                          tracks)
+                NonLinear(
+                    c.get("id"), _int(c.get("width")), _int(c.get("height")), res, click, tracks
+                )
             )
             cr.click_trackings.extend(tracks)
         elif n == "TrackingEvents":
@@ -329,15 +336,31 @@ def _companions_into(cr: Creative, el: etree._Element) -> None:
             if (_ln(ttag) or _local_slow(ttag)) == "TrackingEvents":
                 _tracking_into(tev, t)
         cr.companions.append(
-            Companion(c.get("id"), _int(c.get("width")), _int(c.get("height")), res, click, tracks,
-                      tev)
+            Companion(
+                c.get("id"), _int(c.get("width")), _int(c.get("height")), res, click, tracks, tev
+            )
         )
 
 
 def _new_creative(kind: str) -> Creative:
     # Positional with fresh lists: ~2x cheaper than the default_factory path.
-    return Creative(kind, None, None, None, None, None, None, [], [], None,  # type: ignore[arg-type]
-                    [], [], [], [], [])
+    return Creative(
+        kind,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        [],
+        [],
+        None,  # type: ignore[arg-type]
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
 
 
 def _creative(el: etree._Element) -> Creative | None:
@@ -361,12 +384,19 @@ def _creative(el: etree._Element) -> Creative | None:
             _companions_into(cr, c)
     if cr is None:
         return None
-    g = el.get
-    cr.id = g("id")
-    cr.ad_id = g("adId") or g("AdID")
-    seq = g("sequence")
-    if seq is not None:
-        cr.sequence = _int(seq)
+    # One items() call: ~40 ns for the common attribute-less <Creative>, vs
+    # four get() calls at ~110 ns each.
+    ad_id = ad_id_v1 = None
+    for k, v in el.items():
+        if k == "id":
+            cr.id = v
+        elif k == "adId":
+            ad_id = v
+        elif k == "AdID":
+            ad_id_v1 = v
+        elif k == "sequence":
+            cr.sequence = _int(v)
+    cr.ad_id = ad_id or ad_id_v1
     cr.universal_ad_ids = uids
     return cr
 
@@ -426,9 +456,24 @@ def _ad(ad_el: etree._Element) -> Ad | None:
     if body is None:
         return None
     seq = ad_el.get("sequence")
-    ad = Ad(kind, ad_el.get("id"), None if seq is None else _int(seq),  # type: ignore[arg-type]
-            None, None, [], [], [], None, [], None, True, False, None, None)
-    if kind == "wrapper":
+    ad = Ad(
+        kind,
+        ad_el.get("id"),
+        None if seq is None else _int(seq),  # type: ignore[arg-type]
+        None,
+        None,
+        [],
+        [],
+        [],
+        None,
+        [],
+        None,
+        True,
+        False,
+        None,
+        None,
+    )
+    if kind == "wrapper" and len(body.attrib):
         ad.follow_additional_wrappers = bool(_bool(body.get("followAdditionalWrappers"), True))
         ad.allow_multiple_ads = bool(_bool(body.get("allowMultipleAds"), False))
         ad.fallback_on_no_ad = _bool(body.get("fallbackOnNoAd"), None)
@@ -503,11 +548,15 @@ def _check_version(version: str | None) -> None:
     try:
         major = int(version.strip().split(".", 1)[0])
     except ValueError:
-        raise VastError(VastErrorCode.VERSION_NOT_SUPPORTED, f"bad version {version!r}",
-                        reason="version") from None
+        raise VastError(
+            VastErrorCode.VERSION_NOT_SUPPORTED, f"bad version {version!r}", reason="version"
+        ) from None
     if major not in _SUPPORTED_MAJORS:
-        raise VastError(VastErrorCode.VERSION_NOT_SUPPORTED, f"unsupported version {version!r}",
-                        reason="version")
+        raise VastError(
+            VastErrorCode.VERSION_NOT_SUPPORTED,
+            f"unsupported version {version!r}",
+            reason="version",
+        )
 
 
 def parse_vast_tree(data: bytes | str) -> etree._Element:
@@ -525,8 +574,9 @@ def parse_vast_tree(data: bytes | str) -> etree._Element:
     try:
         root = etree.fromstring(data, _parser())
     except (etree.XMLSyntaxError, ValueError) as exc:
-        raise VastError(VastErrorCode.XML_PARSE_ERROR, f"malformed XML: {exc}",
-                        reason="malformed") from None
+        raise VastError(
+            VastErrorCode.XML_PARSE_ERROR, f"malformed XML: {exc}", reason="malformed"
+        ) from None
     # Second line of defence for encodings the byte scan cannot see (UTF-16):
     # the parser still refused to expand anything, and we still refuse the doc.
     docinfo = root.getroottree().docinfo
@@ -550,15 +600,18 @@ def parse_vast(data: bytes | str) -> VastDocument:
     elif name == "VideoAdServingTemplate":
         version = "1.0"
     else:
-        raise VastError(VastErrorCode.SCHEMA_VALIDATION_ERROR, f"root element is {name!r}",
-                        reason="root")
-    doc = VastDocument(version=version)
+        raise VastError(
+            VastErrorCode.SCHEMA_VALIDATION_ERROR, f"root element is {name!r}", reason="root"
+        )
+    ads: list[Ad] = []
+    errors: list[str] = []
     for c in root:
-        n = (_ln(c.tag) or _local_slow(c.tag))
+        tag = c.tag
+        n = _ln(tag) or _local_slow(tag)
         if n == "Ad":
             ad = _ad(c)
             if ad is not None:
-                doc.ads.append(ad)
+                ads.append(ad)
         elif n == "Error":
-            doc.errors.extend(_urls(c))
-    return doc
+            _add_urls(errors, c)
+    return VastDocument(version, ads, errors)

@@ -48,7 +48,16 @@ from typing import Any, Literal
 from .errors import VastError, VastErrorCode
 from .http import FetchConfig, FetchContext, FetchError, HostCookieJar, VastHttpClient
 from .macros import standard_values, substitute
-from .model import Ad, AdVerification, Creative, MediaFile, Pricing, TrackingEvent, VastDocument
+from .model import (
+    Ad,
+    AdVerification,
+    Companion,
+    Creative,
+    MediaFile,
+    Pricing,
+    TrackingEvent,
+    VastDocument,
+)
 from .parser import parse_vast
 
 __all__ = [
@@ -166,7 +175,9 @@ def _jsonable(x: Any) -> Any:
 # --------------------------------------------------------------------------- merge (pure)
 
 
-def _wrapper_extras(wrappers: Sequence[Ad]) -> tuple[
+def _wrapper_extras(
+    wrappers: Sequence[Ad],
+) -> tuple[
     list[TrackingEvent], list[str], list[TrackingEvent], list[str], list[TrackingEvent], list[str]
 ]:
     lin_t: list[TrackingEvent] = []
@@ -192,26 +203,41 @@ def _wrapper_extras(wrappers: Sequence[Ad]) -> tuple[
 
 def _copy_creative(c: Creative) -> Creative:
     # Copies every list merge_chain may extend (deepcopy costs ~10x more and
-    # showed up in the resolver benchmark); leaf records are never mutated.
-    new = copy.copy(c)
-    new.tracking_events = list(c.tracking_events)
-    new.click_trackings = list(c.click_trackings)
-    new.media_files = list(c.media_files)
-    new.custom_clicks = list(c.custom_clicks)
-    new.nonlinears = list(c.nonlinears)
-    new.universal_ad_ids = list(c.universal_ad_ids)
-    new.companions = []
-    for comp in c.companions:
-        cc = copy.copy(comp)
-        cc.tracking_events = list(comp.tracking_events)
-        cc.click_trackings = list(comp.click_trackings)
-        cc.resources = list(comp.resources)
-        new.companions.append(cc)
-    return new
+    # copy.copy of a slots dataclass ~3 us, both showed up in the resolver
+    # benchmark); leaf records are never mutated.
+    return Creative(
+        c.kind,
+        c.id,
+        c.ad_id,
+        c.sequence,
+        c.duration,
+        c.duration_s,
+        c.skip_offset,
+        list(c.media_files),
+        list(c.tracking_events),
+        c.click_through,
+        list(c.click_trackings),
+        list(c.custom_clicks),
+        list(c.nonlinears),
+        [
+            Companion(
+                comp.id,
+                comp.width,
+                comp.height,
+                list(comp.resources),
+                comp.click_through,
+                list(comp.click_trackings),
+                list(comp.tracking_events),
+            )
+            for comp in c.companions
+        ],
+        list(c.universal_ad_ids),
+    )
 
 
-def merge_chain(inline: Ad, wrappers: Sequence[Ad], *,
-                chain_urls: Sequence[str] = ()) -> ResolvedAd:
+def merge_chain(
+    inline: Ad, wrappers: Sequence[Ad], *, chain_urls: Sequence[str] = ()
+) -> ResolvedAd:
     """Merge ``wrappers`` (outermost first) into ``inline`` per the module rules.
 
     Pure: neither argument is modified; the result owns deep copies.
@@ -232,9 +258,10 @@ def merge_chain(inline: Ad, wrappers: Sequence[Ad], *,
                 comp.tracking_events.extend(comp_t)
                 comp.click_trackings.extend(comp_c)
     pricing = next((a.pricing for a in (*wrappers, inline) if a.pricing is not None), None)
-    verifications = copy.deepcopy(inline.verifications)
+    verifications = copy.deepcopy(inline.verifications) if inline.verifications else []
     for w in reversed(wrappers):
-        verifications.extend(copy.deepcopy(w.verifications))
+        if w.verifications:
+            verifications.extend(copy.deepcopy(w.verifications))
     return ResolvedAd(
         ad_id=inline.id,
         sequence=inline.sequence,
@@ -268,8 +295,9 @@ class _Ok:
 
 
 class _Run:
-    def __init__(self, client: VastHttpClient, ctx: ResolveContext, deadline: float,
-                 max_hops: int) -> None:
+    def __init__(
+        self, client: VastHttpClient, ctx: ResolveContext, deadline: float, max_hops: int
+    ) -> None:
         self.client = client
         self.ctx = ctx
         self.fctx = FetchContext(ctx.device_ip, ctx.device_ua, HostCookieJar(ctx.cookies))
@@ -290,8 +318,9 @@ def _fetch_failure(err: FetchError, depth: int, path_errors: list[str]) -> _Fail
     if k == "connect":
         return _Fail("error", VastErrorCode.WRAPPER_TIMEOUT, "unreachable", path_errors)
     if k == "status":
-        code = (VastErrorCode.NO_VAST_RESPONSE_AFTER_WRAPPER if depth
-                else VastErrorCode.WRAPPER_TIMEOUT)
+        code = (
+            VastErrorCode.NO_VAST_RESPONSE_AFTER_WRAPPER if depth else VastErrorCode.WRAPPER_TIMEOUT
+        )
         return _Fail("error", code, f"http_{err.status}", path_errors)
     if k == "too_large":
         return _Fail("error", VastErrorCode.XML_PARSE_ERROR, "body_too_large", path_errors)
@@ -312,8 +341,14 @@ def _select(doc: VastDocument, parent: Ad | None) -> tuple[list[Ad], list[Ad]]:
     return [], standalone or pod
 
 
-async def _resolve_url(run: _Run, template: str, wrappers: list[Ad], seen: frozenset[str],
-                       path_errors: list[str], chain_urls: list[str]) -> _Ok | _Fail:
+async def _resolve_url(
+    run: _Run,
+    template: str,
+    wrappers: list[Ad],
+    seen: frozenset[str],
+    path_errors: list[str],
+    chain_urls: list[str],
+) -> _Ok | _Fail:
     depth = len(wrappers)
     # Macro values (timestamp, random) are only computed when the URL has one.
     url = substitute(template, run.ctx.macro_values()) if "[" in template else template
@@ -331,9 +366,15 @@ async def _resolve_url(run: _Run, template: str, wrappers: list[Ad], seen: froze
     return await _resolve_doc(run, doc, res.body, wrappers, seen, path_errors, [*chain_urls, url])
 
 
-async def _resolve_doc(run: _Run, doc: VastDocument, body: bytes | None, wrappers: list[Ad],
-                       seen: frozenset[str], path_errors: list[str],
-                       chain_urls: list[str]) -> _Ok | _Fail:
+async def _resolve_doc(
+    run: _Run,
+    doc: VastDocument,
+    body: bytes | None,
+    wrappers: list[Ad],
+    seen: frozenset[str],
+    path_errors: list[str],
+    chain_urls: list[str],
+) -> _Ok | _Fail:
     depth = len(wrappers)
     parent = wrappers[-1] if wrappers else None
     errs = [*path_errors, *doc.errors]
@@ -350,8 +391,7 @@ async def _resolve_doc(run: _Run, doc: VastDocument, body: bytes | None, wrapper
         # On failure of a wrapper that allows it, fall back to the next
         # stand-alone ad of this document (consuming the pool).
         r = await one(ad)
-        while (isinstance(r, _Fail) and ad.is_wrapper and ad.fallback_on_no_ad is not False
-               and pool):
+        while isinstance(r, _Fail) and ad.is_wrapper and ad.fallback_on_no_ad is not False and pool:
             run.side_failures.append(r)
             ad = pool.pop(0)
             r = await one(ad)
@@ -367,8 +407,7 @@ async def _resolve_doc(run: _Run, doc: VastDocument, body: bytes | None, wrapper
     ads: list[ResolvedAd] = []
     failures: list[_Fail] = []
     for ad, r in zip(pod, results, strict=True):
-        if (isinstance(r, _Fail) and ad.is_wrapper and ad.fallback_on_no_ad is not False
-                and buffet):
+        if isinstance(r, _Fail) and ad.is_wrapper and ad.fallback_on_no_ad is not False and buffet:
             run.side_failures.append(r)
             r = await attempt(buffet.pop(0), buffet)
         if isinstance(r, _Ok):
@@ -382,16 +421,26 @@ async def _resolve_doc(run: _Run, doc: VastDocument, body: bytes | None, wrapper
     return _Ok(ads, xml)
 
 
-async def _resolve_ad(run: _Run, ad: Ad, xml: bytes | None, wrappers: list[Ad],
-                      seen: frozenset[str], doc_errors: list[str],
-                      chain_urls: list[str]) -> _Ok | _Fail:
+async def _resolve_ad(
+    run: _Run,
+    ad: Ad,
+    xml: bytes | None,
+    wrappers: list[Ad],
+    seen: frozenset[str],
+    doc_errors: list[str],
+    chain_urls: list[str],
+) -> _Ok | _Fail:
     parent = wrappers[-1] if wrappers else None
     errs = [*doc_errors, *ad.errors]
     if not ad.is_wrapper:
         return _Ok([merge_chain(ad, wrappers, chain_urls=chain_urls)], xml)
     if parent is not None and not parent.follow_additional_wrappers:
-        return _Fail("no_fill", VastErrorCode.NO_VAST_RESPONSE_AFTER_WRAPPER,
-                     "additional_wrappers_not_allowed", errs)
+        return _Fail(
+            "no_fill",
+            VastErrorCode.NO_VAST_RESPONSE_AFTER_WRAPPER,
+            "additional_wrappers_not_allowed",
+            errs,
+        )
     uri = ad.vast_ad_tag_uri
     if not uri:
         return _Fail("error", VastErrorCode.SCHEMA_VALIDATION_ERROR, "wrapper_without_uri", errs)
@@ -418,18 +467,27 @@ def _finish(run: _Run, outcome: _Ok | _Fail) -> ChainResult:
         side.extend(_fill_errors(f.error_urls, f.code, run.ctx))
     base = {"hops": len(run.timings), "hop_timings_ms": run.timings, "hop_urls": run.urls}
     if isinstance(outcome, _Ok):
-        return ChainResult(status="filled", ad=outcome.ads[0], pod=outcome.ads,
-                           final_xml=(outcome.xml.decode("utf-8", "replace")
-                                      if outcome.xml is not None else None),
-                           error_urls=side, **base)  # type: ignore[arg-type]
+        return ChainResult(
+            status="filled",
+            ad=outcome.ads[0],
+            pod=outcome.ads,
+            final_xml=(outcome.xml.decode("utf-8", "replace") if outcome.xml is not None else None),
+            error_urls=side,
+            **base,
+        )  # type: ignore[arg-type]
     # "no_fill" without a code happens only for an empty first response: the
     # root <Error> URLs are still reported (VAST 3 "no ad" tracking) with 303.
     code = outcome.code
     fill_code = code if code is not None else int(VastErrorCode.NO_VAST_RESPONSE_AFTER_WRAPPER)
     errors = _fill_errors(outcome.error_urls, fill_code, run.ctx)
     errors.extend(u for u in side if u not in errors)
-    return ChainResult(status=outcome.status, vast_error_code=int(code) if code else None,
-                       reason=outcome.reason, error_urls=errors, **base)  # type: ignore[arg-type]
+    return ChainResult(
+        status=outcome.status,
+        vast_error_code=int(code) if code else None,
+        reason=outcome.reason,
+        error_urls=errors,
+        **base,
+    )  # type: ignore[arg-type]
 
 
 async def resolve_chain(

@@ -23,10 +23,11 @@ from streams.pipeline import (
     frequency_snapshot,
     handle_ad_request,
     handle_admitted,
-    handle_budget_tick,
+    handle_expire,
     handle_frequency_settle,
     handle_resolution,
     handle_spend,
+    plan_expiry,
 )
 from streams.records import (
     Admitted,
@@ -34,11 +35,11 @@ from streams.records import (
     AdRequest,
     Decision,
     DecisionStatus,
+    ExpireCommand,
     FrequencySettle,
     Resolution,
     ResolveRequest,
     SpendEvent,
-    Tick,
     decode,
 )
 
@@ -111,6 +112,8 @@ class Pipeline:
             elif out.route == "frequency":
                 settle = decode(FrequencySettle, out.value)
                 self.route(handle_frequency_settle(self.users, settle, CONFIG))
+            elif out.route == "broadcast":
+                pass  # admit's in-log copy of the status below
             elif out.route == "status":
                 status = json.loads(out.value)
                 self.statuses.append(status)
@@ -224,12 +227,24 @@ def test_no_fill_releases_budget_and_cap_slot() -> None:
     assert sum(d.spend_micros for d in p.decisions) == 2_500_000
 
 
+def expire_stuck(p: Pipeline, since: dict[str, int], now_wall: int) -> None:
+    """What the budget agent does on a tick: plan ExpireCommands, then apply them from the log."""
+    for out in plan_expiry(p.campaigns, ["c1"], since, now_wall, CONFIG):
+        p.route(handle_expire(p.campaigns, decode(ExpireCommand, out.value), CONFIG))
+
+
 def test_expired_reservation_times_out_and_a_late_fill_is_not_charged() -> None:
     p = Pipeline(directory(campaign(budget={"total": "2.5", "timezone": "UTC"})))
     p.request("r1")
     pending = list(p.resolve_queue)
-    p.route(handle_budget_tick(p.campaigns, Tick(timestamp=T0 + 6_000), CONFIG, ["c1"]))
+    since: dict[str, int] = {}
+    expire_stuck(p, since, T0)  # first sight: the clock starts
+    expire_stuck(p, since, T0 + 4_000)
+    assert p.decisions == []
+    expire_stuck(p, since, T0 + 5_000)
     assert [d.status for d in p.decisions] == [DecisionStatus.TIMEOUT]
+    expire_stuck(p, since, T0 + 9_000)  # one command per reservation
+    assert len(p.decisions) == 1
     # The resolver was slow, not dead: its fill arrives after expiry.
     p.route(
         handle_resolution(
@@ -247,6 +262,20 @@ def test_expired_reservation_times_out_and_a_late_fill_is_not_charged() -> None:
     p.request("r2", ts=T0 + 9_000)
     p.resolve_all()
     assert p.decisions[-1].status == DecisionStatus.FILLED
+
+
+def test_a_resolution_logged_before_the_expire_command_still_fills() -> None:
+    """Under backlog the command is written after the resolution: the log order decides."""
+    p = Pipeline(directory(campaign()))
+    p.request("r1")
+    since: dict[str, int] = {}
+    plan_expiry(p.campaigns, ["c1"], since, T0, CONFIG)
+    commands = plan_expiry(p.campaigns, ["c1"], since, T0 + 60_000, CONFIG)
+    p.resolve_all()  # already in the log ahead of the command
+    for out in commands:
+        p.route(handle_expire(p.campaigns, decode(ExpireCommand, out.value), CONFIG))
+    assert [d.status for d in p.decisions] == [DecisionStatus.FILLED]
+    assert budget_snapshot(p.campaigns, p.view.campaigns["c1"], T0)["spent_micros"] == 2_500_000
 
 
 def test_redelivered_messages_give_identical_decisions_and_no_double_charge() -> None:

@@ -201,10 +201,8 @@ def test_billion_laughs_refused_fast() -> None:
 def test_prolog_scan_is_linear_and_still_finds_doctype() -> None:
     # The old prolog regex backtracked exponentially on many PIs (30 took minutes).
     t0 = time.perf_counter()
-    with pytest.raises(VastError) as ei:
-        parse_vast(b"<?a?>" * 20_000 + b"<VAST version='4.0'/>")
-    assert ei.value.code == VastErrorCode.XML_PARSE_ERROR and ei.value.reason != "doctype"
-    assert parse_vast(b"<!-- - -- -->" * 20_000 + b"<VAST version='4.0'/>").ads == []
+    assert parse_vast(b"<?a?>" * 20_000 + b"<VAST version='4.0'/>").ads == []
+    assert parse_vast(b"<!-- - ->- -->" * 20_000 + b"<VAST version='4.0'/>").ads == []
     assert time.perf_counter() - t0 < 1.0
     for prolog in (b"<?xml version='1.0'?><!-- c --><?pi x?>\n<!doctype VAST>",
                    b"\xef\xbb\xbf <?a ?? > ?><!-- a--b --><!DOCTYPE VAST>"):

@@ -1,0 +1,222 @@
+"""The money core on a real broker with real `xsp worker` processes: caps, budgets, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from streams.kafka_io import produce, read_topic
+from streams.records import AdRequest, Decision, DecisionStatus, decode, encode
+from streams.replay import changelog_topic
+from tests.conftest import Stack
+
+HOUR_MS = 3_600_000
+
+
+def day_start_ms() -> int:
+    """00:01 UTC of a day that is at least 12 h in the past (event time, not wall clock)."""
+    day = (datetime.now(UTC) - timedelta(hours=12)).date()
+    return int(datetime(day.year, day.month, day.day, 0, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def campaign(stack: Stack, cid: str, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "campaign_id": cid,
+        "advertiser_id": "adv",
+        "price": {"model": "cpi", "amount": "2.5", "currency": "USD"},
+        "budget": {"total": "1000000", "timezone": "UTC"},
+        "caps": [],
+        "vast_url": f"{stack.ad_server}/inline",
+    }
+    config.update(overrides)
+    return config
+
+
+def send_requests(stack: Stack, requests: list[AdRequest]) -> None:
+    items = [(r.user_id.encode(), encode(r)) for r in requests]
+    asyncio.run(produce(stack.settings.bootstrap_servers, stack.names.ad_requests, items))
+
+
+def await_decisions(
+    stack: Stack, request_ids: set[str], timeout_s: float = 120
+) -> dict[str, list[Decision]]:
+    """Every decision for ``request_ids`` (all copies), once each id has at least one.
+
+    One consumer follows the topic (re-reading it whole each time would take
+    the CPU the worker needs).
+    """
+    return asyncio.run(_follow_decisions(stack, request_ids, timeout_s))
+
+
+async def _follow_decisions(
+    stack: Stack, request_ids: set[str], timeout_s: float
+) -> dict[str, list[Decision]]:
+    consumer = AIOKafkaConsumer(
+        stack.names.ad_responses,
+        bootstrap_servers=stack.settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+    )
+    await consumer.start()
+    found: dict[str, list[Decision]] = {}
+    missing = set(request_ids)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while missing and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                for record in records:
+                    rid = (record.key or b"").decode()
+                    if rid in request_ids:
+                        found.setdefault(rid, []).append(decode(Decision, record.value or b""))
+                        missing.discard(rid)
+        # Duplicates (at-least-once) that are already in the topic.
+        extra = await consumer.getmany(timeout_ms=1000, max_records=5000)
+        for records in extra.values():
+            for record in records:
+                rid = (record.key or b"").decode()
+                if rid in request_ids:
+                    found.setdefault(rid, []).append(decode(Decision, record.value or b""))
+    finally:
+        await consumer.stop()
+    if missing:
+        logs = "\n".join(w.log_tail(20) for w in stack.workers)
+        raise AssertionError(
+            f"{len(missing)} of {len(request_ids)} requests got no decision\n{logs}"
+        )
+    return found
+
+
+def statuses(decisions: dict[str, list[Decision]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for copies in decisions.values():
+        status = copies[0].status.value
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def test_burst_for_one_user_respects_hourly_and_daily_caps(xsp_stack: Stack) -> None:
+    """2,000 requests at once for one user, caps 5/hour and 20/day: exactly 5 per hour, 20 a day."""
+    xsp_stack.put_campaigns(
+        [
+            campaign(
+                xsp_stack,
+                "burst",
+                caps=[
+                    {"limit": 5, "window": "1h"},
+                    {"limit": 20, "window": "1d", "kind": "calendar"},
+                ],
+            )
+        ]
+    )
+    xsp_stack.start_worker()
+    t0 = day_start_ms()
+    filled_per_hour = []
+    for hour, count in enumerate([2000, 200, 200, 200, 200]):
+        batch = [
+            AdRequest(
+                request_id=f"h{hour}-{i}", user_id="burst-user", timestamp=t0 + hour * HOUR_MS + i
+            )
+            for i in range(count)
+        ]
+        send_requests(xsp_stack, batch)
+        decisions = await_decisions(xsp_stack, {r.request_id for r in batch})
+        for copies in decisions.values():
+            assert all(c == copies[0] for c in copies), "decisions for one request differ"
+        counts = statuses(decisions)
+        filled_per_hour.append(counts.get("filled", 0))
+        assert counts.get("filled", 0) + counts.get("capped", 0) == count, counts
+    assert filled_per_hour == [5, 5, 5, 5, 0]
+    assert sum(filled_per_hour) == 20
+
+
+def test_budget_is_never_overspent_even_transiently(xsp_stack: Stack) -> None:
+    """Budget 100 at 2.5 per ad, 10,000 requests from 1,000 users: 40 fills, spend exactly 100."""
+    xsp_stack.put_campaigns(
+        [campaign(xsp_stack, "tight", budget={"total": "100", "timezone": "UTC"})]
+    )
+    worker = xsp_stack.start_worker()
+    now = int(time.time() * 1000)
+    requests = [
+        AdRequest(request_id=f"b-{i}", user_id=f"user-{i % 1000}", timestamp=now + i % 1000)
+        for i in range(10_000)
+    ]
+    send_requests(xsp_stack, requests)
+    decisions = await_decisions(xsp_stack, {r.request_id for r in requests}, timeout_s=240)
+    first = {rid: copies[0] for rid, copies in decisions.items()}
+    filled = [d for d in first.values() if d.status == DecisionStatus.FILLED]
+    assert len(filled) == 40, statuses(decisions)
+    assert sum(d.spend_micros for d in filled) == 100_000_000
+    assert all(
+        len({json.dumps(c.to_dict(), sort_keys=True) for c in copies}) == 1
+        for copies in decisions.values()
+    )
+    # Every state the budget row ever had, from its changelog: spent + in flight <= budget.
+    history = asyncio.run(
+        read_topic(
+            xsp_stack.settings.bootstrap_servers,
+            changelog_topic(worker.settings.app_id, "budget"),
+            timeout_s=30,
+        )
+    )
+    rows = [json.loads(m.value) for m in history if m.key == b"c:tight" and m.value]
+    assert rows, "no budget row in the changelog"
+    peak = 0
+    for row in rows:
+        state = row["state"]
+        in_flight = sum(r["amount"] for r in state["reservations"].values())
+        peak = max(peak, state["spent_total"] + in_flight)
+        assert state["spent_total"] + in_flight <= 100_000_000
+    assert rows[-1]["state"]["spent_total"] == 100_000_000
+    assert peak == 100_000_000
+
+
+def test_replay_rebuilds_byte_identical_tables(xsp_stack: Stack, tmp_path: Path) -> None:
+    """After mixed traffic, `xsp replay` under a new app id yields the same tables."""
+    xsp_stack.put_campaigns(
+        [
+            campaign(
+                xsp_stack,
+                "replay-a",
+                priority=5,
+                caps=[{"limit": 2, "window": "1h"}],
+                budget={"total": "20", "timezone": "UTC"},
+            ),
+            campaign(xsp_stack, "replay-b", priority=1, vast_url=f"{xsp_stack.ad_server}/empty"),
+        ]
+    )
+    worker = xsp_stack.start_worker()
+    now = int(time.time() * 1000)
+    requests = [
+        AdRequest(request_id=f"r-{i}", user_id=f"u-{i % 30}", timestamp=now + i) for i in range(300)
+    ]
+    send_requests(xsp_stack, requests)
+    decisions = await_decisions(xsp_stack, {r.request_id for r in requests})
+    assert {"filled", "no_fill"} <= set(statuses(decisions))
+    time.sleep(3)  # let the last cap settles reach the users' rows
+    worker.stop()
+
+    env = {**xsp_stack.settings.to_env(), "XSP_APP_ID": worker.settings.app_id}
+    result = subprocess.run(
+        [sys.executable, "-m", "streams", "replay", "--json", "--timeout", "120"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**__import__("os").environ, **env},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["caught_up"] is True
+    assert report["identical"] is True, report
+    assert report["tables"]["frequency"]["live_keys"] > 30
+    assert report["tables"]["budget"]["live_keys"] > 2
