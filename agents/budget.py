@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import time
 
-from aiokafka.partitioner import murmur2
 from faust import StreamT
 
 from agents.wiring import Router, TableStore, dead_letter
 from streams.app import XspApp
+from streams.faust_router import partition_of
 from streams.pipeline import (
     DeadLetterError,
     decode_or_dead_letter,
@@ -42,14 +42,9 @@ from streams.records import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["partition_of", "register"]
+__all__ = ["register"]
 
 STAGE = "budget"
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for ``key`` (murmur2, as the producer)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def register(app: XspApp) -> None:
@@ -89,7 +84,7 @@ def register(app: XspApp) -> None:
                     mine = [
                         cid
                         for cid in view.campaigns
-                        if partition_of(cid, partitions) == message.partition
+                        if partition_of(cid.encode(), partitions) == message.partition
                     ]
                     # Expiry is decided on this worker's clock and written to the log.
                     now_ms = int(time.time() * 1000)

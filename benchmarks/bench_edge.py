@@ -412,10 +412,14 @@ def run(duration_s: float) -> dict[str, Any]:
             with redis_server(workdir) as (redis_url, why):
                 if why:
                     _progress(f"seed-redis column skipped: {why}")
-                cells, stats = asyncio.run(measure(
-                    info.bootstrap_servers, settings.topic_prefix, ad.base_url, redis_url, why,
-                    duration_s, cid,
-                ))
+                try:
+                    cells, stats = asyncio.run(measure(
+                        info.bootstrap_servers, settings.topic_prefix, ad.base_url, redis_url,
+                        why, duration_s, cid,
+                    ))
+                except Exception:
+                    _progress("worker log tail:\n" + worker.log_tail())
+                    raise
             if worker is not None and not worker.alive:
                 raise RuntimeError("the worker died:\n" + worker.log_tail())
         finally:

@@ -90,6 +90,7 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
         web_bind=settings.web_host,
         web_port=settings.web_port,
         producer_linger_ms=1,
+        Router="streams.faust_router:Router",
     )
     app.xsp_settings = settings
     names = TopicNames.from_prefix(settings.topic_prefix)

@@ -190,9 +190,11 @@ def _store_records(
     forgotten a horizon of processing time later (whatever their event time).
     """
     for rid, rec in state_dict.pop("records", {}).items():
+        key = _record_key(row_key, rid)
         at = wall_ms if wall_ms is not None else rec.get("at", 0)
-        value = {"rec": rec, "at": at, **extra.get(rid, {})}
-        store.put(_record_key(row_key, rid), canonical_json(value))
+        kept = {k: v for k, v in (_load(store, key) or {}).items() if k not in ("rec", "at")}
+        value = {**kept, "rec": rec, "at": at, **extra.get(rid, {})}
+        store.put(key, canonical_json(value))
     state_dict["records"] = {}
     # The floor guards forgotten ids inside one row; here records expire by key instead.
     state_dict["floor_ms"] = None
@@ -543,7 +545,10 @@ def _save_budget(
         at = extras["wall_ms"] if extras["wall_ms"] is not None else spend.get("at", 0)
         store.put(f"s:{row_key}{SEP}{event_id}", canonical_json({"spend": spend, "at": at}))
     state_dict["spend_events"] = {}
-    slim = _store_records(store, row_key, state_dict, record_extra or {}, extras["wall_ms"])
+    extra = dict(record_extra or {})
+    for rid, decision in extras.pop("decisions", {}).items():
+        extra.setdefault(rid, {})["decision"] = decision
+    slim = _store_records(store, row_key, state_dict, extra, extras["wall_ms"])
     store.put(
         row_key,
         canonical_json(
@@ -569,18 +574,43 @@ def _expire_budget(
             continue
         user_id, reply_to, ts = meta
         outputs.append(_frequency(rid, user_id, "release", ts))
-        outputs.append(
-            _decision(
-                rid,
-                DecisionStatus.TIMEOUT,
-                user_id=user_id,
-                reply_to=reply_to,
-                decided_at=ts,
-                campaign_id=campaign_id,
-                reason=TIMEOUT_REASON,
-            )
+        decision = _decision(
+            rid,
+            DecisionStatus.TIMEOUT,
+            user_id=user_id,
+            reply_to=reply_to,
+            decided_at=ts,
+            campaign_id=campaign_id,
+            reason=TIMEOUT_REASON,
         )
+        _remember(extras, decision)
+        outputs.append(decision)
     return outputs
+
+
+def _remember(extras: dict[str, Any], decision: Output) -> None:
+    """Keep the decision's bytes with the request's record: a redelivered message re-sends
+    exactly these bytes (a second Resolution may differ in timings, or even outcome)."""
+    extras.setdefault("decisions", {})[decision.key] = decision.value.decode()
+
+
+def _resend(prior: dict[str, Any], user_id: str, reply_to: str | None) -> list[Output]:
+    """The decision already made for a request, and its cap settle, sent again."""
+    body = prior["decision"]
+    decision = json.loads(body)
+    action = "commit" if decision["status"] == DecisionStatus.FILLED.value else "release"
+    rid = decision["request_id"]
+    return [
+        _frequency(rid, user_id, action, decision["decided_at"]),
+        Output(
+            "decision",
+            rid,
+            body.encode(),
+            topic=reply_to,
+            status=decision["status"],
+            event_time_ms=decision["decided_at"],
+        ),
+    ]
 
 
 def handle_admitted(
@@ -679,6 +709,9 @@ def handle_resolution(
     rid = resolution.request_id
     campaign = view.campaigns.get(cid)
     state, extras = _budget_state(store, cid, [rid])
+    prior = _load(store, _record_key(_campaign_key(cid), rid))
+    if prior is not None and "decision" in prior and rid not in state.reservations:
+        return _resend(prior, resolution.user_id, resolution.reply_to)
     extras["wall_ms"] = wall_ms
     now = max(resolution.request_timestamp, state.clock_ms or 0)
     outputs = _expire_budget(state, extras, now, cid)
@@ -694,22 +727,22 @@ def handle_resolution(
     status, reason = _settled_status(resolution, record.status if record else None)
     action = "commit" if status == DecisionStatus.FILLED else "release"
     outputs.append(_frequency(rid, resolution.user_id, action, resolution.request_timestamp))
-    outputs.append(
-        _decision(
-            rid,
-            status,
-            user_id=resolution.user_id,
-            reply_to=resolution.reply_to,
-            decided_at=resolution.request_timestamp,
-            campaign_id=cid,
-            reason=reason,
-            ad=resolution.ad if status == DecisionStatus.FILLED else None,
-            spend_micros=charged if status == DecisionStatus.FILLED else 0,
-            vast_error_code=resolution.vast_error_code,
-            hops=resolution.hops,
-            timings_ms=resolution.timings_ms,
-        )
+    decision = _decision(
+        rid,
+        status,
+        user_id=resolution.user_id,
+        reply_to=resolution.reply_to,
+        decided_at=resolution.request_timestamp,
+        campaign_id=cid,
+        reason=reason,
+        ad=resolution.ad if status == DecisionStatus.FILLED else None,
+        spend_micros=charged if status == DecisionStatus.FILLED else 0,
+        vast_error_code=resolution.vast_error_code,
+        hops=resolution.hops,
+        timings_ms=resolution.timings_ms,
     )
+    _remember(extras, decision)
+    outputs.append(decision)
     if extras["exhausted"] and campaign is not None and settled.status == "released":
         left = budget_logic.remaining(state, campaign, now)
         if left.total_micros >= campaign.max_price_micros and (
@@ -818,17 +851,17 @@ def handle_expire(store: RowStore, command: ExpireCommand, config: PipelineConfi
     if meta is not None:
         user_id, reply_to, ts = meta
         outputs.append(_frequency(rid, user_id, "release", ts))
-        outputs.append(
-            _decision(
-                rid,
-                DecisionStatus.TIMEOUT,
-                user_id=user_id,
-                reply_to=reply_to,
-                decided_at=ts,
-                campaign_id=cid,
-                reason=TIMEOUT_REASON,
-            )
+        decision = _decision(
+            rid,
+            DecisionStatus.TIMEOUT,
+            user_id=user_id,
+            reply_to=reply_to,
+            decided_at=ts,
+            campaign_id=cid,
+            reason=TIMEOUT_REASON,
         )
+        _remember(extras, decision)
+        outputs.append(decision)
     _save_budget(store, cid, state, extras)
     return outputs
 

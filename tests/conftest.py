@@ -127,6 +127,15 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def restart(self, worker: Any) -> Any:
+        """A new process with the same settings (data dir, web port) as ``worker``."""
+        from streams.devstack import WorkerProcess
+
+        log = worker.log_path.with_name(f"{worker.log_path.stem}-r{len(self.workers)}.log")
+        replacement = WorkerProcess(worker.settings, log).start()
+        self.workers[self.workers.index(worker)] = replacement
+        return replacement
+
     def worker_url(self, worker: Any) -> str:
         return f"http://127.0.0.1:{worker.settings.web_port}"
 

@@ -1,4 +1,4 @@
-"""The VAST HTTP fetcher: httpx API, pooled keep-alive, SSRF-guarded, bounded.
+"""The VAST HTTP fetcher: pooled keep-alive (aiohttp or httpx), SSRF-guarded, bounded.
 
 Guarantees of :meth:`VastHttpClient.get`:
 - returns within ``min(deadline, start + per_hop_timeout_s)`` (asyncio

@@ -395,3 +395,25 @@ def test_vast_pricing_is_used_only_when_allowed_and_lower(
     p.route(handle_resolution(p.campaigns, filled, p.view, CONFIG, wall_ms=T0 + 10))
     assert p.decisions[-1].spend_micros == expected_micros
     del item
+
+
+def test_a_second_different_resolution_repeats_the_first_decision() -> None:
+    """After a crash the resolver may resolve again (other timings, even another outcome)."""
+    p = Pipeline(directory(campaign()))
+    p.request("r1")
+    [item] = p.resolve_queue
+    first = resolution(item, DecisionStatus.FILLED, 40)
+    p.route(handle_resolution(p.campaigns, first, p.view, CONFIG, wall_ms=T0 + 40))
+    again = Resolution(
+        request_id="r1",
+        status=DecisionStatus.NO_FILL,
+        campaign_id="c1",
+        timings_ms={"total": 999.0},
+        user_id="u1",
+        request_timestamp=T0,
+    )
+    p.route(handle_resolution(p.campaigns, again, p.view, CONFIG, wall_ms=T0 + 900))
+    assert len(p.decisions) == 2
+    assert p.decisions[0] == p.decisions[1]
+    assert p.decisions[0].status == DecisionStatus.FILLED
+    assert budget_snapshot(p.campaigns, p.view.campaigns["c1"], T0)["spent_micros"] == 2_500_000

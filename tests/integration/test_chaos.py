@@ -1,0 +1,138 @@
+"""Chaos: two workers, 20,000 requests, workers SIGKILLed and restarted during the run.
+
+The money must stay exact anyway: spend equals the sum of filled prices and
+never exceeds a budget, no user goes over a cap, every request gets a
+decision and every copy of it is identical, and no reservation is left.
+A third worker joining mid-run (a rebalance) must change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from streams.kafka_io import read_topic
+from streams.records import AdRequest, DecisionStatus
+from streams.replay import table_snapshot
+from tests.conftest import Stack
+from tests.integration.test_money import await_decisions, campaign, send_requests
+
+REQUESTS = 20_000
+USERS = 2_000
+CAPS = {"chaos-a": 3, "chaos-b": 2}
+
+
+def chaos_campaigns(stack: Stack) -> list[dict[str, Any]]:
+    return [
+        campaign(
+            stack,
+            "chaos-a",
+            priority=10,
+            price={"model": "cpi", "amount": "1", "currency": "USD"},
+            budget={"total": "900", "timezone": "UTC"},
+            caps=[{"limit": CAPS["chaos-a"], "window": "1h"}],
+        ),
+        campaign(
+            stack,
+            "chaos-b",
+            priority=5,
+            price={"model": "cpi", "amount": "0.5", "currency": "USD"},
+            budget={"total": "1500", "timezone": "UTC"},
+            caps=[{"limit": CAPS["chaos-b"], "window": "1h"}],
+        ),
+    ]
+
+
+class Killer(threading.Thread):
+    """SIGKILLs a random worker every ``every_s`` and starts a replacement, ``kills`` times."""
+
+    def __init__(self, stack: Stack, kills: int, every_s: float) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.kills, self.every_s = stack, kills, every_s
+        self.done = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        rng = random.Random(7)
+        while self.done < self.kills and not self.stop_event.wait(self.every_s):
+            victim = rng.choice(self.stack.workers)
+            victim.kill()
+            self.stack.restart(victim)
+            self.done += 1
+
+
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_money_stays_exact_through_sigkills_and_a_rebalance(xsp_stack: Stack, store: str) -> None:
+    stack = xsp_stack
+    stack.settings = stack.settings.with_overrides(store=store)
+    stack.put_campaigns(chaos_campaigns(stack))
+    stack.start_worker()
+    stack.start_worker()
+    now = int(time.time() * 1000)
+    requests = [
+        AdRequest(request_id=f"x-{i}", user_id=f"viewer-{i % USERS}", timestamp=now + i // 50)
+        for i in range(REQUESTS)
+    ]
+    killer = Killer(stack, kills=5, every_s=6.0)
+    killer.start()
+    for chunk in range(0, REQUESTS, 1000):
+        send_requests(stack, requests[chunk : chunk + 1000])
+        time.sleep(1.2)
+        if chunk == REQUESTS // 2:
+            stack.start_worker()  # a third worker joins mid-run
+    decisions = await_decisions(stack, {r.request_id for r in requests}, timeout_s=420)
+    killer.stop_event.set()
+    killer.join()
+    assert killer.done >= 5, f"only {killer.done} kills happened"
+
+    # Every copy of a decision is identical.
+    for rid, copies in decisions.items():
+        assert len({json.dumps(c.to_dict(), sort_keys=True) for c in copies}) == 1, rid
+    first = {rid: copies[0] for rid, copies in decisions.items()}
+    counts = Counter(d.status.value for d in first.values())
+    assert counts["filled"] > 1000, counts
+
+    # No user above a cap (all traffic is inside one hour of event time).
+    per_user = Counter(
+        (d.user_id, d.campaign_id) for d in first.values() if d.status == DecisionStatus.FILLED
+    )
+    for (user, cid), n in per_user.items():
+        assert n <= CAPS[str(cid)], f"{user} got {n} ads of {cid}"
+
+    # Spend == sum of filled prices, within budget, and nothing left reserved.
+    app_id = stack.settings.app_id
+    deadline = time.monotonic() + 60
+    while True:
+        rows = asyncio.run(table_snapshot(stack.settings.bootstrap_servers, app_id, "budget"))
+        states = {
+            k.decode(): json.loads(v)["state"] for k, v in rows.items() if k.startswith(b"c:")
+        }
+        if all(not s["reservations"] for s in states.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    for cid, budget_micros in (("chaos-a", 900_000_000), ("chaos-b", 1_500_000_000)):
+        state = states[f"c:{cid}"]
+        filled_spend = sum(
+            d.spend_micros
+            for d in first.values()
+            if d.campaign_id == cid and d.status == DecisionStatus.FILLED
+        )
+        assert state["reservations"] == {}, f"{cid} still holds reservations"
+        assert state["spent_total"] == filled_spend, cid
+        assert state["spent_total"] <= budget_micros, cid
+    users = asyncio.run(table_snapshot(stack.settings.bootstrap_servers, app_id, "frequency"))
+    pending = [
+        k
+        for k, v in users.items()
+        if k.startswith(b"u:") and json.loads(v)["state"]["reservations"]
+    ]
+    assert not pending, f"{len(pending)} users still hold cap reservations"
+    dlq = asyncio.run(read_topic(stack.settings.bootstrap_servers, stack.names.dlq, timeout_s=5))
+    assert not dlq, [m.value for m in dlq[:3]]
