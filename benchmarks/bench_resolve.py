@@ -169,7 +169,7 @@ async def _bench_http(base: str, duration: float, reps: int, pairs: int,
                     turn += 1
                     for mode in order:
                         op = ops[(mode, chain)]
-                        await _load(op, c, min(0.1, duration / 4))  # per-cell warm-up
+                        await _load(op, c, min(0.1, duration / 8))  # per-cell warm-up
                         res = await _load(op, c, duration)
                         res.update(mode=mode, chain=chain, concurrency=c, rep=rep)
                         samples.append(res)
@@ -241,7 +241,7 @@ def _bench_parse(quick: bool) -> dict[str, Any]:
     ratios: list[float] = []
     # Many short pairs (one corpus pass each, a few ms), alternating which goes
     # first: a load spike from another process then hits both sides of a pair.
-    for i in range(60 if quick else 400):
+    for i in range(40 if quick else 400):
         if i % 2:
             o = per_doc(parse_vast)
             r = per_doc(etree.fromstring)
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
     duration, reps = (0.15, 2) if args.quick else (0.8, 3)
-    pairs, pair_s = (3, 0.25) if args.quick else (10, 0.6)
+    pairs, pair_s = (3, 0.2) if args.quick else (10, 0.6)
     load_before = _loadavg()
     t_start = time.perf_counter()
     proc, base = _start_server()

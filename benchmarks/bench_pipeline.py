@@ -1,0 +1,1049 @@
+"""End-to-end pipeline benchmark: one xsp worker process against a real local Apache Kafka.
+
+Usage: ``python -m benchmarks.bench_pipeline [--quick] [--json-out PATH] [--store memory|rocksdb]``
+
+Everything runs on 127.0.0.1 in one temporary folder, in one run:
+
+1. **ceiling**: a raw aiokafka consume -> produce loop in this process (consumer
+   ``fetch_max_wait_ms=10``, producer ``linger_ms=2``, send every record, wait
+   for the acks and commit once per fetched batch) over a pre-produced backlog:
+   messages/s and CPU µs per message.
+2. **peak**: one ``xsp worker`` (``--store``, default memory), warmed by one
+   request, then N requests (many users, a few campaigns with a big budget and
+   no caps, VAST ``{mock}/inline``: one hop) produced as one burst; decisions/s
+   = N / (last decision's broker time - start of the burst). Worker CPU per
+   decision from ``/proc/<pid>/stat``; Kafka messages per decision from the end
+   offsets of every topic of the run (changelogs included) before and after.
+3. **latency at half of peak**: paced requests at 50 % of the measured peak;
+   latency = decision's broker timestamp - the request's send time. The mock ad
+   server's own time is measured by direct GETs of ``/inline`` at the same rate
+   from this process and subtracted (p50 from p50, p99 from p99: "added" latency).
+   A raw aiokafka 3-hop chain at the same rate is the comparison.
+4. **memory**: a second worker with ``XSP_STORE=rocksdb://`` on fresh topics; RSS
+   (``VmRSS``) at 0 users and at checkpoints as distinct users get a row (one
+   request each); the per-user slope is extrapolated to 1M users and labelled so.
+5. **recovery**: that worker is SIGKILLed; a new one with an empty data dir must
+   restore the frequency and budget tables from their changelog topics. Records/s
+   = changelog records / restore time (from Faust's "Restoring state" and "Done
+   reading from changelog topics" log lines) and, as a cross-check, / (time until
+   the new worker answers a request - the first worker's start-up time).
+
+Every process it starts (broker, mock ad server, workers) is stopped at the end,
+also on Ctrl-C, SIGTERM or an error. The machine is shared by the worker, the
+broker (a JVM), the mock ad server and this process: on 2 cores they compete,
+which is part of what a per-worker number on such a box means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.campaign_admin import put_campaigns
+from streams.devstack import MockAdServerProcess, WorkerProcess
+from streams.kafka_io import create_topics, create_xsp_topics
+from streams.kafka_local import LocalKafka
+from streams.records import AdRequest, encode
+from streams.settings import Settings
+from streams.topics import TopicNames
+
+TARGET_DPS = 1_500  # decisions/s per worker process
+TARGET_P99_ADDED_MS = 50.0  # p99 added latency at half of peak (at-least-once)
+TARGET_RSS_MB = 400.0  # worker RSS at 1M users (rocksdb)
+MILLION = 1_000_000
+CAMPAIGNS = 4
+ROOT = Path(__file__).resolve().parent.parent
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_STATUS = re.compile(rb'"status":"([a-z_]+)"')
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one run (full or --quick)."""
+
+    ceiling_n: int
+    peak_n: int
+    peak_users: int
+    peak_timeout_s: float
+    latency_s: float
+    side_s: float  # mock-server GETs and the raw 3-hop chain
+    mem_budget_s: float  # wall time the memory phase may use for users
+    mem_max_users: int
+    mem_min_users: int
+    mem_chunk: int
+
+
+FULL = Plan(60_000, 20_000, 10_000, 180.0, 15.0, 5.0, 150.0, 100_000, 10_000, 5_000)
+QUICK = Plan(20_000, 3_000, 2_000, 60.0, 5.0, 3.0, 25.0, 10_000, 2_000, 1_000)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _log(message: str) -> None:
+    print(f"[bench_pipeline {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def proc_rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` in MB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Cleanup:
+    """Stops what the benchmark started, newest first, whatever happened."""
+
+    def __init__(self) -> None:
+        self._stops: list[tuple[str, Callable[[], None]]] = []
+
+    def add(self, name: str, stop: Callable[[], None]) -> None:
+        self._stops.append((name, stop))
+
+    def run(self) -> None:
+        while self._stops:
+            name, stop = self._stops.pop()
+            try:
+                stop()
+            except Exception as exc:  # keep stopping the rest
+                _log(f"stopping {name} failed: {exc!r}")
+
+
+def _kill_worker(worker: WorkerProcess) -> None:
+    worker.kill()
+
+
+def _cpu(pids: dict[str, int | None]) -> dict[str, float]:
+    out = {}
+    for name, pid in pids.items():
+        if pid is None:
+            continue
+        with contextlib.suppress(OSError):
+            out[name] = proc_cpu_s(pid)
+    out["bench"] = time.process_time()
+    return out
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def _lat_summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "p50_ms": _pct(values, 0.50),
+        "p99_ms": _pct(values, 0.99),
+        "max_ms": max(values) if values else None,
+        "mean_ms": statistics.fmean(values) if values else None,
+    }
+
+
+# --------------------------------------------------------------------------- kafka helpers
+
+
+def _request(rid: str, user: str, cid: str, now_ms: int) -> bytes:
+    return encode(
+        AdRequest(
+            request_id=rid,
+            user_id=user,
+            timestamp=now_ms,
+            correlator=rid,
+            cachebusting="7",
+            params={"placement": "pre-roll", "campaign_id": cid, "device_ip": "203.0.113.7"},
+        )
+    )
+
+
+def _campaigns(ad_server: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "campaign_id": f"bench-{i}",
+            "advertiser_id": "bench",
+            "price": {"model": "cpm", "amount": "2", "currency": "USD"},
+            "budget": {"total": "100000000", "timezone": "UTC"},
+            "caps": [],
+            "vast_url": f"{ad_server}/inline",
+        }
+        for i in range(CAMPAIGNS)
+    ]
+
+
+async def _bulk_producer(bootstrap: str) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    return producer
+
+
+async def _send_all(producer: AIOKafkaProducer, topic: str, items: list[tuple[bytes, bytes]]):
+    futures = [await producer.send(topic, key=k, value=v) for k, v in items]
+    await asyncio.gather(*futures)
+
+
+async def _end_offsets(bootstrap: str, match: Callable[[str], bool]) -> dict[str, int]:
+    """Sum of (end - beginning) offsets per topic whose name ``match``es."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        names = sorted(t for t in await consumer.topics() if match(t))
+        tps = [
+            TopicPartition(t, p) for t in names for p in sorted(consumer.partitions_for_topic(t))
+        ]
+        if not tps:
+            return {}
+        ends = await consumer.end_offsets(tps)
+        begins = await consumer.beginning_offsets(tps)
+        out: dict[str, int] = dict.fromkeys(names, 0)
+        for tp in tps:
+            out[tp.topic] += ends[tp] - begins[tp]
+        return out
+    finally:
+        await consumer.stop()
+
+
+class DecisionWatcher:
+    """Follows the ad-responses topic: first broker timestamp and status per request id."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=10,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self.seen: dict[str, tuple[int, str]] = {}
+        self.copies = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> DecisionWatcher:
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=100, max_records=20_000)
+            for records in batch.values():
+                for r in records:
+                    self.copies += 1
+                    rid = (r.key or b"").decode()
+                    if rid not in self.seen:
+                        m = _STATUS.search(r.value or b"")
+                        self.seen[rid] = (r.timestamp, m.group(1).decode() if m else "?")
+
+    async def wait(self, ids: list[str], timeout_s: float, worker: WorkerProcess | None) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(i in self.seen for i in ids):
+                return True
+            if worker is not None and not worker.alive:
+                raise RuntimeError(f"the worker died:\n{worker.log_tail()}")
+            await asyncio.sleep(0.02)
+        return False
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.consumer.stop()
+
+
+# --------------------------------------------------------------------------- 1. ceiling
+
+
+async def bench_ceiling(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
+    """Raw aiokafka consume -> produce over a backlog of ``n`` request-sized messages."""
+    src, dst = f"{prefix}ceiling-in", f"{prefix}ceiling-out"
+    await create_topics(bootstrap, [src, dst], partitions=4)
+    now = int(time.time() * 1000)
+    items = [
+        (f"u{i % 10_000}".encode(), _request(f"c-{i}", f"u{i % 10_000}", "bench-0", now))
+        for i in range(n)
+    ]
+    producer = await _bulk_producer(bootstrap)
+    try:
+        await _send_all(producer, src, items)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        src,
+        bootstrap_servers=bootstrap,
+        group_id=f"{prefix}ceiling",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    await producer.start()
+    await consumer.start()
+    try:
+        done = 0
+        t0 = c0 = 0.0
+        deadline = time.monotonic() + 120
+        while done < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+            if not batch:
+                continue
+            if done == 0:
+                t0, c0 = time.perf_counter(), time.process_time()
+            futures = []
+            for records in batch.values():
+                for r in records:
+                    futures.append(await producer.send(dst, key=r.key, value=r.value))
+            await asyncio.gather(*futures)
+            await consumer.commit()
+            done += len(futures)
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return {
+        "messages": done,
+        "elapsed_s": elapsed,
+        "msgs_per_s": done / elapsed if elapsed else None,
+        "cpu_us_per_msg": cpu / done * 1e6 if done else None,
+        "message_bytes": len(items[0][1]),
+    }
+
+
+async def bench_raw_chain(bootstrap: str, prefix: str, rate: float, duration_s: float):
+    """Paced messages through three raw aiokafka consume -> produce hops: latency."""
+    topics = [f"{prefix}chain-{i}" for i in range(4)]
+    await create_topics(bootstrap, topics, partitions=4)
+    run = uuid.uuid4().hex[:6]
+    consumers = [
+        AIOKafkaConsumer(
+            t,
+            bootstrap_servers=bootstrap,
+            group_id=f"{prefix}chain-{run}-{i}",
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=10,
+        )
+        for i, t in enumerate(topics)
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    await producer.start()
+    for c in consumers:
+        await c.start()
+    latencies: list[float] = []
+    sent_at: dict[bytes, float] = {}
+
+    async def hop(consumer: AIOKafkaConsumer, out: str) -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100, max_records=1000)
+            futures = [
+                await producer.send(out, key=r.key, value=r.value)
+                for rs in batch.values()
+                for r in rs
+            ]
+            if futures:
+                await asyncio.gather(*futures)
+                await consumer.commit()
+
+    async def sink(consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100, max_records=1000)
+            for rs in batch.values():
+                for r in rs:
+                    if r.key in sent_at:
+                        latencies.append(r.timestamp - sent_at.pop(r.key))
+
+    tasks = [asyncio.create_task(hop(consumers[i], topics[i + 1])) for i in range(3)]
+    tasks.append(asyncio.create_task(sink(consumers[3])))
+    try:
+        # Wait until every consumer has its partitions (latest offsets), then warm up.
+        deadline = time.monotonic() + 60
+        while any(not c.assignment() for c in consumers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        total = int(rate * duration_s)
+        value = b"x" * 300
+        started = time.monotonic()
+        for i in range(total):
+            due = started + i / rate
+            if (delay := due - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            key = f"k{i}".encode()
+            sent_at[key] = time.time() * 1000
+            await producer.send(topics[0], key=key, value=value)
+        deadline = time.monotonic() + 15
+        while sent_at and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        warm = min(len(latencies), max(1, int(rate * 0.5)))  # drop the first 0.5 s
+        result = _lat_summary(latencies[warm:])
+        result.update(rate=rate, sent=total, lost=len(sent_at))
+        return result
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in consumers:
+            await c.stop()
+        await producer.stop()
+
+
+async def bench_mock_http(url: str, rate: float, duration_s: float) -> dict[str, Any]:
+    """Paced direct GETs of the mock ad server (open loop, keep-alive pool): its own latency."""
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+
+        async def one() -> None:
+            nonlocal errors
+            t0 = time.perf_counter()
+            try:
+                async with session.get(url) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+        for _ in range(20):
+            await one()
+        latencies.clear()
+        tasks = []
+        total = int(rate * duration_s)
+        started = time.monotonic()
+        for i in range(total):
+            due = started + i / rate
+            if (delay := due - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    result = _lat_summary(latencies)
+    result.update(rate=rate, errors=errors)
+    return result
+
+
+# --------------------------------------------------------------------------- 2+3. peak, latency
+
+
+async def _warm_up(
+    producer: AIOKafkaProducer, watcher: DecisionWatcher, names: TopicNames, worker: WorkerProcess
+) -> float:
+    """Send one request and wait for its decision; return the seconds it took."""
+    t0 = time.monotonic()
+    rid = f"warm-{uuid.uuid4().hex[:8]}"
+    value = _request(rid, "warm-user", "bench-0", int(time.time() * 1000))
+    await producer.send_and_wait(names.ad_requests, key=b"warm-user", value=value)
+    if not await watcher.wait([rid], 120, worker):
+        raise RuntimeError(f"the worker did not answer the warm-up request:\n{worker.log_tail()}")
+    return time.monotonic() - t0
+
+
+def _run_topics(prefix: str, app_id: str) -> Callable[[str], bool]:
+    return lambda t: t.startswith(prefix) or t.startswith(f"{app_id}-")
+
+
+async def bench_peak_and_latency(
+    bootstrap: str,
+    settings: Settings,
+    worker_log: Path,
+    ad_server: str,
+    pids: dict[str, int | None],
+    plan: Plan,
+    cleanup: Cleanup,
+) -> dict[str, Any]:
+    names = TopicNames.from_prefix(settings.topic_prefix)
+    await create_xsp_topics(bootstrap, names, partitions=settings.partitions)
+    await put_campaigns(bootstrap, names, json.dumps(_campaigns(ad_server)).encode())
+    watcher = await DecisionWatcher(bootstrap, names.ad_responses).start()
+    producer = await _bulk_producer(bootstrap)
+    worker = WorkerProcess(settings, worker_log)
+    out: dict[str, Any] = {}
+    try:
+        t_start = time.monotonic()
+        worker.start()
+        cleanup.add("peak worker", lambda: _kill_worker(worker))
+        assert worker.process is not None
+        wpid = worker.process.pid
+        await _warm_up(producer, watcher, names, worker)
+        out["worker_ready_s"] = time.monotonic() - t_start
+        await asyncio.sleep(2.0)  # let the warm-up's settle and the first ticks pass
+        _log(f"worker ready in {out['worker_ready_s']:.1f} s; peak: {plan.peak_n} requests")
+
+        # ---- peak
+        now = int(time.time() * 1000)
+        ids = [f"p-{i}" for i in range(plan.peak_n)]
+        items = [
+            (
+                f"user-{i % plan.peak_users}".encode(),
+                _request(rid, f"user-{i % plan.peak_users}", f"bench-{i % CAMPAIGNS}", now),
+            )
+            for i, rid in enumerate(ids)
+        ]
+        match = _run_topics(settings.topic_prefix, settings.app_id)
+        offsets_before = await _end_offsets(bootstrap, match)
+        cpu0 = _cpu({"worker": wpid, **pids})
+        t0 = time.time()
+        await _send_all(producer, names.ad_requests, items)
+        produced_s = time.time() - t0
+        complete = await watcher.wait(ids, plan.peak_timeout_s, worker)
+        cpu1 = _cpu({"worker": wpid, **pids})
+        decided = [watcher.seen[i] for i in ids if i in watcher.seen]
+        t_end = max(ts for ts, _ in decided) / 1000 if decided else time.time()
+        elapsed = t_end - t0
+        rss_peak = proc_rss_mb(wpid)
+        await asyncio.sleep(1.5)  # the last settles and changelog writes
+        offsets_after = await _end_offsets(bootstrap, match)
+        per_topic = {
+            t: offsets_after.get(t, 0) - offsets_before.get(t, 0) for t in offsets_after
+        }
+        per_topic = {t: v for t, v in per_topic.items() if v}
+        n = len(decided)
+        dps = n / elapsed if elapsed > 0 else 0.0
+        cpu = {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1}
+        out["peak"] = {
+            "requests": plan.peak_n,
+            "users": plan.peak_users,
+            "campaigns": CAMPAIGNS,
+            "decided": n,
+            "complete": complete,
+            "produce_s": produced_s,
+            "elapsed_s": elapsed,
+            "decisions_per_s": dps,
+            "statuses": dict(Counter(s for _, s in decided)),
+            "worker_cpu_s": cpu.get("worker"),
+            "worker_cpu_ms_per_decision": cpu["worker"] / n * 1000 if n else None,
+            "worker_cpu_utilisation": cpu["worker"] / elapsed if elapsed else None,
+            "cpu_ms_per_decision_by_process": {
+                k: v / n * 1000 for k, v in cpu.items() if n
+            },
+            "messages_per_decision": sum(per_topic.values()) / n if n else None,
+            "messages_by_topic": per_topic,
+            "worker_rss_mb": rss_peak,
+            "store": settings.store,
+        }
+        _log(
+            f"peak: {n}/{plan.peak_n} decisions in {elapsed:.1f} s = {dps:.0f}/s; "
+            f"worker CPU {out['peak']['worker_cpu_ms_per_decision'] or 0:.2f} ms/decision"
+        )
+
+        # ---- latency at half of peak
+        rate = max(dps / 2, 5.0)
+        _log(f"latency: {rate:.0f} requests/s for {plan.latency_s:.0f} s")
+        await asyncio.sleep(3.0)
+        paced = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+        await paced.start()
+        sent_at: dict[str, float] = {}
+        try:
+            total = int(rate * plan.latency_s)
+            started = time.monotonic()
+            for i in range(total):
+                due = started + i / rate
+                if (delay := due - time.monotonic()) > 0:
+                    await asyncio.sleep(delay)
+                rid = f"l-{i}"
+                user = f"lat-user-{i % 50_000}"
+                now_ms = time.time() * 1000
+                value = _request(rid, user, f"bench-{i % CAMPAIGNS}", int(now_ms))
+                sent_at[rid] = now_ms
+                await paced.send(names.ad_requests, key=user.encode(), value=value)
+            behind_s = time.monotonic() - started - total / rate
+            await paced.flush()
+        finally:
+            await paced.stop()
+        lat_ids = list(sent_at)
+        lat_complete = await watcher.wait(lat_ids, 60, worker)
+        latencies = [watcher.seen[r][0] - sent_at[r] for r in lat_ids if r in watcher.seen]
+        lat = _lat_summary(latencies)
+        lat.update(
+            rate=rate,
+            duration_s=plan.latency_s,
+            sent=len(lat_ids),
+            complete=lat_complete,
+            sender_behind_s=behind_s,
+            statuses=dict(Counter(watcher.seen[r][1] for r in lat_ids if r in watcher.seen)),
+        )
+        out["latency"] = lat
+        _log(f"latency: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
+    finally:
+        worker.stop(timeout_s=10)
+        await producer.stop()
+        await watcher.stop()
+    side_rate = out["latency"]["rate"]
+    _log(f"mock ad server direct GETs at {side_rate:.0f}/s")
+    out["mock_http"] = await bench_mock_http(f"{ad_server}/inline", side_rate, plan.side_s)
+    _log(f"raw aiokafka 3-hop chain at {side_rate:.0f}/s")
+    out["raw_chain"] = await bench_raw_chain(
+        bootstrap, settings.topic_prefix, side_rate, plan.side_s
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- 4+5. memory, recovery
+
+_TS_TEXT = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+_TS_JSON = re.compile(r'"ts":\s*"([^"]+)"')
+_RECOVERY_LINES = {
+    "restoring": "Restoring state from changelog topics",
+    "done_reading": "Done reading from changelog topics",
+    "recovery_complete": "Recovery complete",
+    "worker_ready": "Worker ready",
+}
+
+
+def _line_time(line: str) -> float | None:
+    m = _TS_JSON.search(line)
+    if m:
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+    m = _TS_TEXT.search(line)
+    if m:
+        with contextlib.suppress(ValueError):
+            return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
+
+
+def _recovery_marks(log_path: Path, since: float) -> dict[str, float]:
+    """Wall times of Faust's recovery log lines (first occurrence after ``since``)."""
+    marks: dict[str, float] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in log_path.read_text(errors="replace").splitlines():
+            for key, text in _RECOVERY_LINES.items():
+                if key not in marks and text in line:
+                    at = _line_time(line)
+                    if at is not None and at >= since - 1:
+                        marks[key] = at
+    return marks
+
+
+async def bench_memory_and_recovery(
+    bootstrap: str,
+    settings: Settings,
+    workdir: Path,
+    ad_server: str,
+    users: int,
+    plan: Plan,
+    cleanup: Cleanup,
+) -> dict[str, Any]:
+    names = TopicNames.from_prefix(settings.topic_prefix)
+    await create_xsp_topics(bootstrap, names, partitions=settings.partitions)
+    await put_campaigns(bootstrap, names, json.dumps(_campaigns(ad_server)).encode())
+    watcher = await DecisionWatcher(bootstrap, names.ad_responses).start()
+    producer = await _bulk_producer(bootstrap)
+    first_settings = settings.with_overrides(data_dir=workdir / "mem-worker-0")
+    worker = WorkerProcess(first_settings, workdir / "mem-worker-0.log")
+    out: dict[str, Any] = {"store": settings.store}
+    try:
+        t_start = time.monotonic()
+        wall_start = time.time()
+        worker.start()
+        cleanup.add("memory worker", lambda: _kill_worker(worker))
+        assert worker.process is not None
+        wpid = worker.process.pid
+        await _warm_up(producer, watcher, names, worker)
+        ready_s = time.monotonic() - t_start
+        await asyncio.sleep(2.0)
+        marks0 = _recovery_marks(worker.log_path, wall_start)
+        points = [{"users": 0, "rss_mb": proc_rss_mb(wpid), "t_s": 0.0}]
+        _log(f"memory: worker ready in {ready_s:.1f} s, RSS {points[0]['rss_mb']:.0f} MB; "
+             f"{users} users")
+        t0 = time.monotonic()
+        done = 0
+        statuses: Counter[str] = Counter()
+        while done < users:
+            chunk = min(plan.mem_chunk, users - done)
+            now = int(time.time() * 1000)
+            ids = [f"m-{done + i}" for i in range(chunk)]
+            items = [
+                (
+                    f"mu-{done + i}".encode(),
+                    _request(rid, f"mu-{done + i}", f"bench-{i % CAMPAIGNS}", now),
+                )
+                for i, rid in enumerate(ids)
+            ]
+            await _send_all(producer, names.ad_requests, items)
+            if not await watcher.wait(ids, 120, worker):
+                _log("memory: a chunk did not complete within 120 s; stopping here")
+                break
+            statuses.update(watcher.seen[r][1] for r in ids)
+            done += chunk
+            points.append(
+                {"users": done, "rss_mb": proc_rss_mb(wpid), "t_s": time.monotonic() - t0}
+            )
+            _log(f"memory: {done} users, RSS {points[-1]['rss_mb']:.0f} MB")
+        await asyncio.sleep(2.0)  # let the last settles reach the tables
+        points.append({"users": done, "rss_mb": proc_rss_mb(wpid), "t_s": time.monotonic() - t0,
+                       "after_settle": True})
+        xs = [p["users"] for p in points[1:]]
+        ys = [p["rss_mb"] for p in points[1:]]
+        slope = statistics.linear_regression(xs, ys).slope if len(set(xs)) > 1 else None
+        if slope is None and done:
+            slope = (points[-1]["rss_mb"] - points[0]["rss_mb"]) / done
+        base = points[0]["rss_mb"]
+        out.update(
+            users=done,
+            points=points,
+            statuses=dict(statuses),
+            kb_per_user=slope * 1024 if slope is not None else None,
+            rss_1m_extrapolated_mb=(base + slope * MILLION) if slope is not None else None,
+            fill_rate_users_per_s=done / (points[-2]["t_s"] or 1),
+            first_worker_ready_s=ready_s,
+            first_worker_recovery_marks=marks0,
+        )
+
+        # ---- recovery
+        changelogs = {
+            f"{settings.app_id}-frequency-changelog",
+            f"{settings.app_id}-budget-changelog",
+        }
+        worker.kill()
+        records = await _end_offsets(bootstrap, lambda t: t in changelogs)
+        total_records = sum(records.values())
+        _log(f"recovery: killed the worker; {total_records} changelog records; new worker")
+        second_settings = settings.with_overrides(data_dir=workdir / "mem-worker-1")
+        shutil.rmtree(second_settings.data_dir, ignore_errors=True)
+        worker2 = WorkerProcess(second_settings, workdir / "mem-worker-1.log")
+        t_start = time.monotonic()
+        wall_start = time.time()
+        worker2.start()
+        cleanup.add("recovery worker", lambda: _kill_worker(worker2))
+        rid = f"probe-{uuid.uuid4().hex[:8]}"
+        value = _request(rid, "probe-user", "bench-0", int(time.time() * 1000))
+        await producer.send_and_wait(names.ad_requests, key=b"probe-user", value=value)
+        answered = await watcher.wait([rid], 180, worker2)
+        answer_s = time.monotonic() - t_start
+        await asyncio.sleep(0.5)
+        marks = _recovery_marks(worker2.log_path, wall_start)
+        rss_after = proc_rss_mb(worker2.process.pid) if worker2.process else None
+        worker2.kill()
+        restore_s = (
+            marks["done_reading"] - marks["restoring"]
+            if "done_reading" in marks and "restoring" in marks
+            else None
+        )
+        extra_s = answer_s - ready_s
+        out["recovery"] = {
+            "changelog_records": records,
+            "records": total_records,
+            "answered": answered,
+            "time_to_answer_s": answer_s,
+            "baseline_time_to_answer_s": ready_s,
+            "restore_s_from_log": restore_s,
+            "records_per_s_from_log": total_records / restore_s if restore_s else None,
+            "records_per_s_from_answer": total_records / extra_s if extra_s > 0.05 else None,
+            "marks_rel_s": {k: v - wall_start for k, v in marks.items()},
+            "rss_mb_after_restore": rss_after,
+        }
+    finally:
+        worker.kill()
+        await producer.stop()
+        await watcher.stop()
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(value: Any, spec: str = ".0f", unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:{spec}}{unit}"
+
+
+def _verdicts(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    peak = r.get("peak", {})
+    lat = r.get("latency", {})
+    mock = r.get("mock_http", {})
+    mem = r.get("memory", {})
+    rec = mem.get("recovery", {})
+    added99 = (
+        lat["p99_ms"] - mock["p99_ms"]
+        if lat.get("p99_ms") is not None and mock.get("p99_ms") is not None
+        else None
+    )
+    added50 = (
+        lat["p50_ms"] - mock["p50_ms"]
+        if lat.get("p50_ms") is not None and mock.get("p50_ms") is not None
+        else None
+    )
+    rss = mem.get("rss_1m_extrapolated_mb")
+    dps = peak.get("decisions_per_s")
+    return {
+        "decisions_per_s": {
+            "target": f">= {TARGET_DPS:,} /s per worker",
+            "value": dps,
+            "met": dps is not None and dps >= TARGET_DPS and peak.get("complete", False),
+        },
+        "p99_added_latency_ms": {
+            "target": f"<= {TARGET_P99_ADDED_MS:.0f} ms at half of peak",
+            "value": added99,
+            "p50_added_ms": added50,
+            "met": added99 is not None and added99 <= TARGET_P99_ADDED_MS,
+        },
+        "rss_1m_users_mb": {
+            "target": f"<= {TARGET_RSS_MB:.0f} MB at 1M users (rocksdb)",
+            "value": rss,
+            "extrapolated_from_users": mem.get("users"),
+            "met": rss is not None and rss <= TARGET_RSS_MB,
+        },
+        "recovery_records_per_s": {
+            "target": "(no target, reported)",
+            "value": rec.get("records_per_s_from_log") or rec.get("records_per_s_from_answer"),
+            "met": None,
+        },
+    }
+
+
+def render(r: dict[str, Any]) -> str:
+    ceil = r.get("ceiling", {})
+    peak = r.get("peak", {})
+    lat = r.get("latency", {})
+    mock = r.get("mock_http", {})
+    chain = r.get("raw_chain", {})
+    mem = r.get("memory", {})
+    rec = mem.get("recovery", {})
+    v = r["verdicts"]
+    lines = ["", "xsp pipeline benchmark" + (" (--quick)" if r["quick"] else ""), "=" * 72]
+    lines.append(
+        f"machine: {r['cpus']} CPUs, load avg before {r['loadavg_before']}, "
+        f"after {r['loadavg_after']}; broker Apache Kafka {r['broker']}"
+    )
+    lines.append(
+        "1. ceiling   raw aiokafka consume->produce (1 process, fetch wait 10 ms, linger 2 ms)"
+    )
+    lines.append(
+        f"            {_fmt(ceil.get('msgs_per_s'))} msgs/s, "
+        f"{_fmt(ceil.get('cpu_us_per_msg'))} µs CPU/msg over {ceil.get('messages')} msgs"
+    )
+    lines.append(
+        f"2. peak      {peak.get('decided')}/{peak.get('requests')} decisions "
+        f"({peak.get('users')} users, {peak.get('campaigns')} campaigns, store {peak.get('store')})"
+        f" in {_fmt(peak.get('elapsed_s'), '.1f')} s"
+    )
+    lines.append(
+        f"            {_fmt(peak.get('decisions_per_s'))} decisions/s; worker CPU "
+        f"{_fmt(peak.get('worker_cpu_ms_per_decision'), '.2f')} ms/decision "
+        f"({_fmt(peak.get('worker_cpu_utilisation'), '.2f')} cores busy); "
+        f"{_fmt(peak.get('messages_per_decision'), '.1f')} Kafka msgs/decision"
+    )
+    by_proc = peak.get("cpu_ms_per_decision_by_process", {})
+    lines.append(
+        "            CPU ms/decision by process: "
+        + ", ".join(f"{k} {val:.2f}" for k, val in sorted(by_proc.items()))
+    )
+    lines.append(f"            statuses {peak.get('statuses')}; worker RSS "
+                 f"{_fmt(peak.get('worker_rss_mb'))} MB")
+    lines.append(
+        f"3. latency   at {_fmt(lat.get('rate'))} req/s (50 % of peak) for "
+        f"{_fmt(lat.get('duration_s'))} s: request->decision p50 {_fmt(lat.get('p50_ms'))} ms, "
+        f"p99 {_fmt(lat.get('p99_ms'))} ms, max {_fmt(lat.get('max_ms'))} ms "
+        f"({lat.get('sent')} sent, complete {lat.get('complete')})"
+    )
+    lines.append(
+        f"            mock ad server alone (direct GET /inline, same rate): p50 "
+        f"{_fmt(mock.get('p50_ms'), '.1f')} ms, p99 {_fmt(mock.get('p99_ms'), '.1f')} ms"
+    )
+    lines.append(
+        f"            added by the pipeline: p50 {_fmt(v['p99_added_latency_ms']['p50_added_ms'])}"
+        f" ms, p99 {_fmt(v['p99_added_latency_ms']['value'])} ms"
+    )
+    lines.append(
+        f"            raw aiokafka 3-hop chain, same rate: p50 {_fmt(chain.get('p50_ms'))} ms, "
+        f"p99 {_fmt(chain.get('p99_ms'))} ms"
+    )
+    pts = mem.get("points", [])
+    lines.append(
+        f"4. memory    store {mem.get('store')}: RSS "
+        + ", ".join(f"{p['users']:,} users {p['rss_mb']:.0f} MB" for p in pts if
+                    p is pts[0] or p is pts[-1] or p["users"] % max(1, mem["users"] // 2) == 0)
+    )
+    lines.append(
+        f"            slope {_fmt(mem.get('kb_per_user'), '.2f')} kB/user -> 1M users "
+        f"{_fmt(mem.get('rss_1m_extrapolated_mb'))} MB (EXTRAPOLATED from "
+        f"{mem.get('users')} users, linear)"
+    )
+    lines.append(
+        f"5. recovery  {rec.get('records')} changelog records restored in "
+        f"{_fmt(rec.get('restore_s_from_log'), '.2f')} s (Faust log) = "
+        f"{_fmt(rec.get('records_per_s_from_log'))} records/s; answered after "
+        f"{_fmt(rec.get('time_to_answer_s'), '.1f')} s vs "
+        f"{_fmt(rec.get('baseline_time_to_answer_s'), '.1f')} s for an empty start = {_fmt(rec.get('records_per_s_from_answer'))} records/s"
+    )
+    lines.append("-" * 72)
+    lines.append(f"{'target':44s}{'result':>16s}  verdict")
+    rows = [
+        ("decisions_per_s", ".0f", " /s"),
+        ("p99_added_latency_ms", ".1f", " ms"),
+        ("rss_1m_users_mb", ".0f", " MB*"),
+        ("recovery_records_per_s", ".0f", " rec/s"),
+    ]
+    for key, spec, unit in rows:
+        item = v[key]
+        verdict = "-" if item["met"] is None else ("MET" if item["met"] else "NOT MET")
+        lines.append(f"{item['target']:44s}{_fmt(item['value'], spec, unit):>16s}  {verdict}")
+    lines.append("* extrapolated to 1M users from the measured per-user slope")
+    met = [v[k]["met"] for k in v if v[k]["met"] is not None]
+    lines.append(
+        f"RESULT: {sum(met)}/{len(met)} targets met"
+        + ("" if all(met) else " (NOT all met)")
+        + f"; wall time {r['wall_s']:.0f} s"
+    )
+    if r.get("busy_warning"):
+        lines.append("WARNING: " + r["busy_warning"])
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every phase; print the table and the verdicts; write the JSON."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller run (about 2 minutes)")
+    ap.add_argument("--json-out", type=Path, default=None,
+                    help="where to write the JSON (default bench-results/bench_pipeline*.json)")
+    ap.add_argument("--store", choices=("memory", "rocksdb"), default="memory",
+                    help="table store of the peak/latency worker (memory phase is rocksdb)")
+    args = ap.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    json_out = args.json_out or ROOT / "bench-results" / (
+        "bench_pipeline-quick.json" if args.quick else "bench_pipeline.json"
+    )
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    t_start = time.perf_counter()
+    load_before = _loadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="xsp-bench-pipeline-"))
+    cleanup = Cleanup()
+    cleanup.add("workdir", lambda: shutil.rmtree(workdir, ignore_errors=True))
+    result: dict[str, Any] = {
+        "quick": args.quick,
+        "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "plan": plan.__dict__,
+    }
+    code = 0
+    try:
+        _log(f"starting Apache Kafka in {workdir}")
+        broker = LocalKafka(workdir / "kafka")
+        cleanup.add("broker", broker.stop)
+        info = broker.start()
+        bootstrap = info.bootstrap_servers
+        result["broker"] = f"{bootstrap} (up in {info.started_in_s:.1f} s)"
+        mock = MockAdServerProcess(workdir / "mock-adserver.log")
+        cleanup.add("mock ad server", mock.stop)
+        mock.start()
+        pids = {
+            "broker": info.pid,
+            "mock": mock.process.pid if mock.process else None,
+        }
+        run = uuid.uuid4().hex[:6]
+
+        _log(f"ceiling: raw aiokafka loop over {plan.ceiling_n} messages")
+        result["ceiling"] = asyncio.run(bench_ceiling(bootstrap, f"raw{run}.", plan.ceiling_n))
+        _log(f"ceiling: {result['ceiling']['msgs_per_s']:.0f} msgs/s")
+
+        base = Settings(
+            bootstrap_servers=bootstrap,
+            partitions=4,
+            web_enabled=False,
+            vast_allowed_networks="127.0.0.1/32",
+            log_level="info",
+        )
+        peak_settings = base.with_overrides(
+            app_id=f"bench-{run}",
+            topic_prefix=f"bench{run}.",
+            store=f"{args.store}://",
+            data_dir=workdir / "peak-worker",
+        )
+        result.update(
+            asyncio.run(
+                bench_peak_and_latency(
+                    bootstrap, peak_settings, workdir / "peak-worker.log", mock.base_url,
+                    pids, plan, cleanup,
+                )
+            )
+        )
+        dps = result["peak"]["decisions_per_s"] or 1.0
+        users = int(dps * plan.mem_budget_s) // plan.mem_chunk * plan.mem_chunk
+        users = max(plan.mem_min_users, min(plan.mem_max_users, users))
+        mem_settings = base.with_overrides(
+            app_id=f"mem-{run}", topic_prefix=f"mem{run}.", store="rocksdb://"
+        )
+        result["memory"] = asyncio.run(
+            bench_memory_and_recovery(
+                bootstrap, mem_settings, workdir, mock.base_url, users, plan, cleanup
+            )
+        )
+    except KeyboardInterrupt:
+        _log("interrupted; stopping everything")
+        code = 130
+    except Exception as exc:
+        _log(f"error: {exc!r}")
+        result["error"] = repr(exc)
+        code = 1
+    finally:
+        _log("stopping workers, mock ad server and broker")
+        cleanup.run()
+    result["loadavg_after"] = _loadavg()
+    result["wall_s"] = time.perf_counter() - t_start
+    busy = [x for x in (load_before, result["loadavg_after"]) if x and x[0] > (os.cpu_count() or 1)]
+    if busy:
+        result["busy_warning"] = (
+            "the load average exceeded the CPU count before or after the run: other "
+            "processes competed for the CPUs, so the numbers are lower than on a quiet box."
+        )
+    result["verdicts"] = _verdicts(result)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2, default=str))
+    if code != 130:
+        print(render(result))
+    print(f"JSON written to {json_out}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
