@@ -201,7 +201,9 @@ async def run_seed_redis(redis_url: str, ad_server: str, rate: int, duration_s: 
     import redis.asyncio as aioredis
 
     cell = Cell("seed-redis", rate, duration_s)
-    client = aioredis.from_url(redis_url, max_connections=256)
+    # Blocking pool: at high rates callers wait for a connection instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=256, timeout=10)
+    client = aioredis.Redis(connection_pool=pool)
     try:
         await client.ping()
         async with _http() as http:
@@ -294,12 +296,19 @@ def bench_campaign(cid: str, ad_server: str) -> dict[str, Any]:
     }
 
 
-async def warm_up(edge: EdgeClient, cid: str, timeout_s: float = 90.0) -> float:
-    """Return the seconds until the worker filled a request (it is up end to end)."""
+async def warm_up(
+    edge: EdgeClient, cid: str, alive: Callable[[], bool], timeout_s: float = 90.0
+) -> float:
+    """Return the seconds until the worker filled a request (it is up end to end).
+
+    Raises ``RuntimeError`` after ``timeout_s`` or as soon as ``alive()`` is false.
+    """
     started = time.monotonic()
     session = await create_session(SessionContext.new("bench-warm-up"), client=edge)
     async with session:
         while time.monotonic() - started < timeout_s:
+            if not alive():
+                raise RuntimeError("the worker exited during warm-up")
             decision = await session.decide({"campaign_id": cid}, timeout_s=3.0)
             if decision.status is DecisionStatus.FILLED:
                 # A few more so pools, JIT-ish caches and the reply path are warm.
@@ -311,7 +320,7 @@ async def warm_up(edge: EdgeClient, cid: str, timeout_s: float = 90.0) -> float:
 
 async def measure(
     bootstrap: str, prefix: str, ad_server: str, redis_url: str | None, redis_why: str | None,
-    duration_s: float, cid: str,
+    duration_s: float, cid: str, alive: Callable[[], bool],
 ) -> tuple[list[Cell], dict[str, Any]]:
     """Every mode at every rate; returns the cells and the edge client's stats."""
     cells: list[Cell] = []
@@ -320,7 +329,7 @@ async def measure(
         delete_reply_topic_on_close=True,
     )
     async with EdgeClient(config) as edge:
-        warm_s = await warm_up(edge, cid)
+        warm_s = await warm_up(edge, cid, alive)
         _progress(f"worker answering after {warm_s:.1f} s of warm-up")
         for rate in RATES:
             _progress(f"{rate} req/s: adserver (direct HTTP) for {duration_s:g} s")
@@ -400,7 +409,7 @@ def run(duration_s: float) -> dict[str, Any]:
                 data_dir=workdir / "worker-data",
                 web_enabled=False,
                 vast_allowed_networks="127.0.0.1/32",
-                log_level="warning",
+                log_level="warn",
             )
             names = TopicNames.from_prefix(settings.topic_prefix)
             asyncio.run(create_xsp_topics(info.bootstrap_servers, names,
@@ -415,7 +424,7 @@ def run(duration_s: float) -> dict[str, Any]:
                 try:
                     cells, stats = asyncio.run(measure(
                         info.bootstrap_servers, settings.topic_prefix, ad.base_url, redis_url,
-                        why, duration_s, cid,
+                        why, duration_s, cid, lambda: worker is not None and worker.alive,
                     ))
                 except Exception:
                     _progress("worker log tail:\n" + worker.log_tail())

@@ -45,6 +45,7 @@ import re
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +59,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.campaign_admin import put_campaigns
 from streams.devstack import MockAdServerProcess, WorkerProcess
@@ -82,19 +84,20 @@ class Plan:
     """Sizes of one run (full or --quick)."""
 
     ceiling_n: int
-    peak_n: int
+    pilot_n: int  # a first burst that sizes the main one
+    peak_n: int  # at most this many requests in the main burst
+    peak_target_s: float  # main burst sized to take about this long at the pilot's rate
     peak_users: int
     peak_timeout_s: float
     latency_s: float
     side_s: float  # mock-server GETs and the raw 3-hop chain
     mem_budget_s: float  # wall time the memory phase may use for users
     mem_max_users: int
-    mem_min_users: int
     mem_chunk: int
 
 
-FULL = Plan(60_000, 20_000, 10_000, 180.0, 15.0, 5.0, 150.0, 100_000, 10_000, 5_000)
-QUICK = Plan(20_000, 3_000, 2_000, 60.0, 5.0, 3.0, 25.0, 10_000, 2_000, 1_000)
+FULL = Plan(60_000, 1_000, 20_000, 60.0, 10_000, 150.0, 15.0, 5.0, 150.0, 100_000, 5_000)
+QUICK = Plan(20_000, 400, 3_000, 15.0, 2_000, 60.0, 5.0, 3.0, 30.0, 10_000, 1_000)
 
 
 # --------------------------------------------------------------------------- processes
@@ -476,6 +479,100 @@ def _run_topics(prefix: str, app_id: str) -> Callable[[str], bool]:
     return lambda t: t.startswith(prefix) or t.startswith(f"{app_id}-")
 
 
+async def _burst(
+    bootstrap: str,
+    producer: AIOKafkaProducer,
+    watcher: DecisionWatcher,
+    worker: WorkerProcess,
+    names: TopicNames,
+    match: Callable[[str], bool],
+    pids: dict[str, int | None],
+    plan: Plan,
+    *,
+    prefix: str,
+    n: int,
+    profile: Path | None,
+) -> dict[str, Any]:
+    """Produce ``n`` requests at once; measure until the last decision arrived."""
+    assert worker.process is not None
+    wpid = worker.process.pid
+    now = int(time.time() * 1000)
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    items = [
+        (
+            f"user-{i % plan.peak_users}".encode(),
+            _request(rid, f"user-{i % plan.peak_users}", f"bench-{i % CAMPAIGNS}", now),
+        )
+        for i, rid in enumerate(ids)
+    ]
+    offsets_before = await _end_offsets(bootstrap, match)
+    spy = _start_profiler(wpid, profile)
+    cpu0 = _cpu({"worker": wpid, **pids})
+    t0 = time.time()
+    await _send_all(producer, names.ad_requests, items)
+    produced_s = time.time() - t0
+    complete = await watcher.wait(ids, plan.peak_timeout_s, worker)
+    cpu1 = _cpu({"worker": wpid, **pids})
+    _stop_profiler(spy)
+    decided = [watcher.seen[i] for i in ids if i in watcher.seen]
+    t_end = max(ts for ts, _ in decided) / 1000 if decided else time.time()
+    elapsed = t_end - t0
+    rss = proc_rss_mb(wpid)
+    await asyncio.sleep(1.5)  # the last settles and changelog writes
+    offsets_after = await _end_offsets(bootstrap, match)
+    per_topic = {t: offsets_after.get(t, 0) - offsets_before.get(t, 0) for t in offsets_after}
+    per_topic = {t: v for t, v in per_topic.items() if v}
+    got = len(decided)
+    cpu = {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1}
+    return {
+        "requests": n,
+        "users": plan.peak_users,
+        "campaigns": CAMPAIGNS,
+        "decided": got,
+        "complete": complete,
+        "produce_s": produced_s,
+        "elapsed_s": elapsed,
+        "decisions_per_s": got / elapsed if elapsed > 0 else 0.0,
+        "statuses": dict(Counter(s for _, s in decided)),
+        "worker_cpu_s": cpu.get("worker"),
+        "worker_cpu_ms_per_decision": cpu["worker"] / got * 1000 if got else None,
+        "worker_cpu_utilisation": cpu["worker"] / elapsed if elapsed else None,
+        "cpu_ms_per_decision_by_process": {k: v / got * 1000 for k, v in cpu.items() if got},
+        "messages_per_decision": sum(per_topic.values()) / got if got else None,
+        "messages_by_topic": per_topic,
+        "worker_rss_mb": rss,
+        "profile": str(profile) if spy is not None else None,
+    }
+
+
+def _start_profiler(pid: int, path: Path | None) -> subprocess.Popen[bytes] | None:
+    """py-spy (if installed and asked for) sampling the worker during the burst."""
+    if path is None:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        _log("--profile: py-spy not found; not profiling")
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking",
+         "--output", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _stop_profiler(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is None:
+        return
+    spy.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+    try:
+        spy.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+
+
 async def bench_peak_and_latency(
     bootstrap: str,
     settings: Settings,
@@ -484,6 +581,7 @@ async def bench_peak_and_latency(
     pids: dict[str, int | None],
     plan: Plan,
     cleanup: Cleanup,
+    profile: Path | None,
 ) -> dict[str, Any]:
     names = TopicNames.from_prefix(settings.topic_prefix)
     await create_xsp_topics(bootstrap, names, partitions=settings.partitions)
@@ -496,68 +594,32 @@ async def bench_peak_and_latency(
         t_start = time.monotonic()
         worker.start()
         cleanup.add("peak worker", lambda: _kill_worker(worker))
-        assert worker.process is not None
-        wpid = worker.process.pid
         await _warm_up(producer, watcher, names, worker)
         out["worker_ready_s"] = time.monotonic() - t_start
         await asyncio.sleep(2.0)  # let the warm-up's settle and the first ticks pass
-        _log(f"worker ready in {out['worker_ready_s']:.1f} s; peak: {plan.peak_n} requests")
+        _log(f"worker ready in {out['worker_ready_s']:.1f} s; pilot burst of {plan.pilot_n}")
 
-        # ---- peak
-        now = int(time.time() * 1000)
-        ids = [f"p-{i}" for i in range(plan.peak_n)]
-        items = [
-            (
-                f"user-{i % plan.peak_users}".encode(),
-                _request(rid, f"user-{i % plan.peak_users}", f"bench-{i % CAMPAIGNS}", now),
-            )
-            for i, rid in enumerate(ids)
-        ]
+        # ---- peak: a pilot burst sizes the main one, so a slow worker cannot eat the run
         match = _run_topics(settings.topic_prefix, settings.app_id)
-        offsets_before = await _end_offsets(bootstrap, match)
-        cpu0 = _cpu({"worker": wpid, **pids})
-        t0 = time.time()
-        await _send_all(producer, names.ad_requests, items)
-        produced_s = time.time() - t0
-        complete = await watcher.wait(ids, plan.peak_timeout_s, worker)
-        cpu1 = _cpu({"worker": wpid, **pids})
-        decided = [watcher.seen[i] for i in ids if i in watcher.seen]
-        t_end = max(ts for ts, _ in decided) / 1000 if decided else time.time()
-        elapsed = t_end - t0
-        rss_peak = proc_rss_mb(wpid)
-        await asyncio.sleep(1.5)  # the last settles and changelog writes
-        offsets_after = await _end_offsets(bootstrap, match)
-        per_topic = {
-            t: offsets_after.get(t, 0) - offsets_before.get(t, 0) for t in offsets_after
-        }
-        per_topic = {t: v for t, v in per_topic.items() if v}
-        n = len(decided)
-        dps = n / elapsed if elapsed > 0 else 0.0
-        cpu = {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1}
-        out["peak"] = {
-            "requests": plan.peak_n,
-            "users": plan.peak_users,
-            "campaigns": CAMPAIGNS,
-            "decided": n,
-            "complete": complete,
-            "produce_s": produced_s,
-            "elapsed_s": elapsed,
-            "decisions_per_s": dps,
-            "statuses": dict(Counter(s for _, s in decided)),
-            "worker_cpu_s": cpu.get("worker"),
-            "worker_cpu_ms_per_decision": cpu["worker"] / n * 1000 if n else None,
-            "worker_cpu_utilisation": cpu["worker"] / elapsed if elapsed else None,
-            "cpu_ms_per_decision_by_process": {
-                k: v / n * 1000 for k, v in cpu.items() if n
-            },
-            "messages_per_decision": sum(per_topic.values()) / n if n else None,
-            "messages_by_topic": per_topic,
-            "worker_rss_mb": rss_peak,
-            "store": settings.store,
-        }
+        pilot = await _burst(
+            bootstrap, producer, watcher, worker, names, match, pids, plan,
+            prefix="pilot", n=plan.pilot_n, profile=None,
+        )
+        out["pilot"] = pilot
+        n_main = int(pilot["decisions_per_s"] * plan.peak_target_s) // 1000 * 1000
+        n_main = max(plan.pilot_n, min(plan.peak_n, n_main))
+        _log(f"pilot: {pilot['decisions_per_s']:.0f} decisions/s; main burst {n_main}")
+        await asyncio.sleep(2.0)
+        out["peak"] = await _burst(
+            bootstrap, producer, watcher, worker, names, match, pids, plan,
+            prefix="p", n=n_main, profile=profile,
+        )
+        out["peak"]["store"] = settings.store
+        dps = out["peak"]["decisions_per_s"]
         _log(
-            f"peak: {n}/{plan.peak_n} decisions in {elapsed:.1f} s = {dps:.0f}/s; "
-            f"worker CPU {out['peak']['worker_cpu_ms_per_decision'] or 0:.2f} ms/decision"
+            f"peak: {out['peak']['decided']}/{n_main} decisions in "
+            f"{out['peak']['elapsed_s']:.1f} s = {dps:.0f}/s; worker CPU "
+            f"{out['peak']['worker_cpu_ms_per_decision'] or 0:.2f} ms/decision"
         )
 
         # ---- latency at half of peak
@@ -649,12 +711,72 @@ def _recovery_marks(log_path: Path, since: float) -> dict[str, float]:
     return marks
 
 
+class AdmitProgress:
+    """How far the worker's consumer group has committed on ``ad-requests``.
+
+    The memory and recovery phases measure table rows, which ``admit`` writes;
+    they follow its committed offsets as well as decisions, so they still work
+    when a later stage is slow or failing (Faust commits every ~2.8 s).
+    """
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self.group = group
+        self.topic = topic
+
+    async def start(self) -> AdmitProgress:
+        await self.admin.start()
+        await self.consumer.start()
+        return self
+
+    async def ends(self) -> dict[TopicPartition, int]:
+        await self.consumer._client.force_metadata_update()
+        parts = self.consumer.partitions_for_topic(self.topic) or set()
+        return await self.consumer.end_offsets([TopicPartition(self.topic, p) for p in parts])
+
+    async def reached(self, targets: dict[TopicPartition, int]) -> bool:
+        committed = await self.admin.list_consumer_group_offsets(self.group)
+        return all(
+            (committed[tp].offset if tp in committed else -1) >= end
+            for tp, end in targets.items()
+        )
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+
+async def _until_answered(
+    watcher: DecisionWatcher,
+    progress: AdmitProgress,
+    rids: list[str],
+    targets: dict[TopicPartition, int],
+    worker: WorkerProcess,
+    timeout_s: float,
+) -> str | None:
+    """Wait for decisions of ``rids`` or admit's commit past ``targets``; say which came first."""
+    deadline = time.monotonic() + timeout_s
+    last_check = 0.0
+    while time.monotonic() < deadline:
+        if all(r in watcher.seen for r in rids):
+            return "decision"
+        if not worker.alive:
+            raise RuntimeError(f"the worker died:\n{worker.log_tail()}")
+        if time.monotonic() - last_check > 0.1:
+            last_check = time.monotonic()
+            with contextlib.suppress(Exception):
+                if await progress.reached(targets):
+                    return "admit-commit"
+        await asyncio.sleep(0.02)
+    return None
+
+
 async def bench_memory_and_recovery(
     bootstrap: str,
     settings: Settings,
     workdir: Path,
     ad_server: str,
-    users: int,
     plan: Plan,
     cleanup: Cleanup,
 ) -> dict[str, Any]:
@@ -662,6 +784,7 @@ async def bench_memory_and_recovery(
     await create_xsp_topics(bootstrap, names, partitions=settings.partitions)
     await put_campaigns(bootstrap, names, json.dumps(_campaigns(ad_server)).encode())
     watcher = await DecisionWatcher(bootstrap, names.ad_responses).start()
+    progress = await AdmitProgress(bootstrap, settings.app_id, names.ad_requests).start()
     producer = await _bulk_producer(bootstrap)
     first_settings = settings.with_overrides(data_dir=workdir / "mem-worker-0")
     worker = WorkerProcess(first_settings, workdir / "mem-worker-0.log")
@@ -673,18 +796,25 @@ async def bench_memory_and_recovery(
         cleanup.add("memory worker", lambda: _kill_worker(worker))
         assert worker.process is not None
         wpid = worker.process.pid
-        await _warm_up(producer, watcher, names, worker)
+        rid = f"warm-{uuid.uuid4().hex[:8]}"
+        value = _request(rid, "warm-user", "bench-0", int(time.time() * 1000))
+        await producer.send_and_wait(names.ad_requests, key=b"warm-user", value=value)
+        signal_used = await _until_answered(
+            watcher, progress, [rid], await progress.ends(), worker, 120
+        )
+        if signal_used is None:
+            raise RuntimeError(f"the rocksdb worker did not start:\n{worker.log_tail()}")
         ready_s = time.monotonic() - t_start
         await asyncio.sleep(2.0)
         marks0 = _recovery_marks(worker.log_path, wall_start)
         points = [{"users": 0, "rss_mb": proc_rss_mb(wpid), "t_s": 0.0}]
-        _log(f"memory: worker ready in {ready_s:.1f} s, RSS {points[0]['rss_mb']:.0f} MB; "
-             f"{users} users")
+        _log(f"memory: rocksdb worker ready in {ready_s:.1f} s ({signal_used}), RSS "
+             f"{points[0]['rss_mb']:.0f} MB; adding users for up to {plan.mem_budget_s:.0f} s")
         t0 = time.monotonic()
         done = 0
-        statuses: Counter[str] = Counter()
-        while done < users:
-            chunk = min(plan.mem_chunk, users - done)
+        signals: Counter[str] = Counter()
+        while done < plan.mem_max_users and time.monotonic() - t0 < plan.mem_budget_s:
+            chunk = min(plan.mem_chunk, plan.mem_max_users - done)
             now = int(time.time() * 1000)
             ids = [f"m-{done + i}" for i in range(chunk)]
             items = [
@@ -695,33 +825,41 @@ async def bench_memory_and_recovery(
                 for i, rid in enumerate(ids)
             ]
             await _send_all(producer, names.ad_requests, items)
-            if not await watcher.wait(ids, 120, worker):
-                _log("memory: a chunk did not complete within 120 s; stopping here")
+            targets = await progress.ends()
+            got = await _until_answered(watcher, progress, ids, targets, worker, 120)
+            if got is None:
+                _log("memory: a chunk was not processed within 120 s; stopping here")
                 break
-            statuses.update(watcher.seen[r][1] for r in ids)
+            signals[got] += 1
             done += chunk
             points.append(
                 {"users": done, "rss_mb": proc_rss_mb(wpid), "t_s": time.monotonic() - t0}
             )
-            _log(f"memory: {done} users, RSS {points[-1]['rss_mb']:.0f} MB")
+            _log(f"memory: {done} users, RSS {points[-1]['rss_mb']:.0f} MB ({got})")
+        fill_s = time.monotonic() - t0
         await asyncio.sleep(2.0)  # let the last settles reach the tables
-        points.append({"users": done, "rss_mb": proc_rss_mb(wpid), "t_s": time.monotonic() - t0,
-                       "after_settle": True})
+        points.append({"users": done, "rss_mb": proc_rss_mb(wpid),
+                       "t_s": time.monotonic() - t0, "after_settle": True})
         xs = [p["users"] for p in points[1:]]
         ys = [p["rss_mb"] for p in points[1:]]
         slope = statistics.linear_regression(xs, ys).slope if len(set(xs)) > 1 else None
         if slope is None and done:
             slope = (points[-1]["rss_mb"] - points[0]["rss_mb"]) / done
         base = points[0]["rss_mb"]
+        statuses = Counter(
+            watcher.seen[f"m-{i}"][1] for i in range(done) if f"m-{i}" in watcher.seen
+        )
         out.update(
             users=done,
             points=points,
+            decided=sum(statuses.values()),
             statuses=dict(statuses),
+            progress_signal=dict(signals),
             kb_per_user=slope * 1024 if slope is not None else None,
             rss_1m_extrapolated_mb=(base + slope * MILLION) if slope is not None else None,
-            fill_rate_users_per_s=done / (points[-2]["t_s"] or 1),
+            users_per_s=done / fill_s if fill_s else None,
             first_worker_ready_s=ready_s,
-            first_worker_recovery_marks=marks0,
+            first_worker_recovery_marks_rel_s={k: v - wall_start for k, v in marks0.items()},
         )
 
         # ---- recovery
@@ -743,11 +881,13 @@ async def bench_memory_and_recovery(
         rid = f"probe-{uuid.uuid4().hex[:8]}"
         value = _request(rid, "probe-user", "bench-0", int(time.time() * 1000))
         await producer.send_and_wait(names.ad_requests, key=b"probe-user", value=value)
-        answered = await watcher.wait([rid], 180, worker2)
+        answered = await _until_answered(
+            watcher, progress, [rid], await progress.ends(), worker2, 180
+        )
         answer_s = time.monotonic() - t_start
         await asyncio.sleep(0.5)
         marks = _recovery_marks(worker2.log_path, wall_start)
-        rss_after = proc_rss_mb(worker2.process.pid) if worker2.process else None
+        rss_after = proc_rss_mb(worker2.process.pid) if worker2.alive and worker2.process else None
         worker2.kill()
         restore_s = (
             marks["done_reading"] - marks["restoring"]
@@ -767,9 +907,11 @@ async def bench_memory_and_recovery(
             "marks_rel_s": {k: v - wall_start for k, v in marks.items()},
             "rss_mb_after_restore": rss_after,
         }
+        _log(f"recovery: {out['recovery']}")
     finally:
         worker.kill()
         await producer.stop()
+        await progress.stop()
         await watcher.stop()
     return out
 
@@ -848,6 +990,11 @@ def render(r: dict[str, Any]) -> str:
         f"            {_fmt(ceil.get('msgs_per_s'))} msgs/s, "
         f"{_fmt(ceil.get('cpu_us_per_msg'))} µs CPU/msg over {ceil.get('messages')} msgs"
     )
+    pilot = r.get("pilot", {})
+    lines.append(
+        f"            pilot burst {pilot.get('requests')}: "
+        f"{_fmt(pilot.get('decisions_per_s'))} decisions/s (sizes the main burst)"
+    )
     lines.append(
         f"2. peak      {peak.get('decided')}/{peak.get('requests')} decisions "
         f"({peak.get('users')} users, {peak.get('campaigns')} campaigns, store {peak.get('store')})"
@@ -885,10 +1032,15 @@ def render(r: dict[str, Any]) -> str:
         f"p99 {_fmt(chain.get('p99_ms'))} ms"
     )
     pts = mem.get("points", [])
+    shown = [p for i, p in enumerate(pts) if i in (0, len(pts) - 1) or i % 4 == 0]
     lines.append(
         f"4. memory    store {mem.get('store')}: RSS "
-        + ", ".join(f"{p['users']:,} users {p['rss_mb']:.0f} MB" for p in pts if
-                    p is pts[0] or p is pts[-1] or p["users"] % max(1, mem["users"] // 2) == 0)
+        + ", ".join(f"{p['users']:,} users {p['rss_mb']:.0f} MB" for p in shown)
+    )
+    lines.append(
+        f"            {mem.get('users')} users in {_fmt(mem.get('users_per_s'))} users/s; "
+        f"decisions {mem.get('decided')} {mem.get('statuses')}; progress by "
+        f"{mem.get('progress_signal')}"
     )
     lines.append(
         f"            slope {_fmt(mem.get('kb_per_user'), '.2f')} kB/user -> 1M users "
@@ -900,7 +1052,8 @@ def render(r: dict[str, Any]) -> str:
         f"{_fmt(rec.get('restore_s_from_log'), '.2f')} s (Faust log) = "
         f"{_fmt(rec.get('records_per_s_from_log'))} records/s; answered after "
         f"{_fmt(rec.get('time_to_answer_s'), '.1f')} s vs "
-        f"{_fmt(rec.get('baseline_time_to_answer_s'), '.1f')} s for an empty start = {_fmt(rec.get('records_per_s_from_answer'))} records/s"
+        f"{_fmt(rec.get('baseline_time_to_answer_s'), '.1f')} s for an empty start = "
+        f"{_fmt(rec.get('records_per_s_from_answer'))} records/s"
     )
     lines.append("-" * 72)
     lines.append(f"{'target':44s}{'result':>16s}  verdict")
@@ -948,6 +1101,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where to write the JSON (default bench-results/bench_pipeline*.json)")
     ap.add_argument("--store", choices=("memory", "rocksdb"), default="memory",
                     help="table store of the peak/latency worker (memory phase is rocksdb)")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="py-spy raw profile of the worker during the main burst (if installed)")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     json_out = args.json_out or ROOT / "bench-results" / (
@@ -1003,19 +1158,16 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(
                 bench_peak_and_latency(
                     bootstrap, peak_settings, workdir / "peak-worker.log", mock.base_url,
-                    pids, plan, cleanup,
+                    pids, plan, cleanup, args.profile,
                 )
             )
         )
-        dps = result["peak"]["decisions_per_s"] or 1.0
-        users = int(dps * plan.mem_budget_s) // plan.mem_chunk * plan.mem_chunk
-        users = max(plan.mem_min_users, min(plan.mem_max_users, users))
         mem_settings = base.with_overrides(
             app_id=f"mem-{run}", topic_prefix=f"mem{run}.", store="rocksdb://"
         )
         result["memory"] = asyncio.run(
             bench_memory_and_recovery(
-                bootstrap, mem_settings, workdir, mock.base_url, users, plan, cleanup
+                bootstrap, mem_settings, workdir, mock.base_url, plan, cleanup
             )
         )
     except KeyboardInterrupt:

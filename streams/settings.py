@@ -110,6 +110,10 @@ class Settings:
             raise SettingsError(f"XSP_WEB_PORT must be a TCP port, got {self.web_port}")
         if not self.bootstrap_servers.strip():
             raise SettingsError("XSP_BOOTSTRAP_SERVERS must not be empty")
+        if self.log_level.lower() not in ("debug", "info", "warn", "error", "crit"):
+            raise SettingsError(
+                f"XSP_LOG_LEVEL must be debug, info, warn, error or crit, got {self.log_level!r}"
+            )
         if self.resolve_concurrency < 1:
             raise SettingsError(
                 f"XSP_RESOLVE_CONCURRENCY must be >= 1, got {self.resolve_concurrency}"

