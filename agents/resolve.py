@@ -88,6 +88,13 @@ async def _run(app: XspApp) -> None:
         session_timeout_ms=int(settings.session_timeout_s * 1000),
         heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
         rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
+        # Under exactly-once, a ResolveRequest from an aborted budget transaction
+        # must not be resolved: its reservation never existed.
+        isolation_level=(
+            "read_committed"
+            if settings.processing_guarantee == "exactly_once"
+            else "read_uncommitted"
+        ),
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=1

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -147,12 +146,7 @@ async def setup_campaigns(
             except AuthError as exc:
                 raise SetupError(f"{exc} (set XSP_API_TOKEN)") from exc
             except StateUnavailableError as exc:
-                last = str(exc)
-                # Known worker bug (HTTP 500 from the query API until the budget
-                # table is written again): a zero spend event is such a write and
-                # moves no money. Harmless once the bug is fixed.
-                with contextlib.suppress(EdgeError):
-                    await edge.track_spend(cid, 0, reason="examples: query API nudge")
+                last = str(exc)  # no worker answered (yet): keep waiting
             if time.monotonic() > deadline:
                 raise SetupError(f"campaign {cid} not visible after {timeout_s:.0f} s: {last}")
             await asyncio.sleep(0.2)

@@ -136,6 +136,8 @@ class CampaignDirectory:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=100,
+            # Status records may come from exactly-once (transactional) budget agents.
+            isolation_level="read_committed",
         )
         await consumer.start()
         try:

@@ -712,6 +712,10 @@ def handle_resolution(
     prior = _load(store, _record_key(_campaign_key(cid), rid))
     if prior is not None and "decision" in prior and rid not in state.reservations:
         return _resend(prior, resolution.user_id, resolution.reply_to)
+    if rid not in state.reservations and rid not in state.records:
+        # Never reserved here (its reservation was in an aborted transaction, or
+        # forgotten past the horizon): nothing to settle and no decision to make.
+        return []
     extras["wall_ms"] = wall_ms
     now = max(resolution.request_timestamp, state.clock_ms or 0)
     outputs = _expire_budget(state, extras, now, cid)

@@ -5,12 +5,6 @@ reads (``check_frequency_cap``, ``get_budget``) go through its query API with
 the bearer token, ``track_budget`` goes through the spend agent into the
 budget table, and two edge *processes* share the worker while each reads
 only its own reply topic.
-
-Known worker bug (see ``test_query_api_survives_a_second_edge``): the query
-API answers HTTP 500 after the worker's first decision to a new reply topic,
-until the queried table is written again. The fixture heals that once (the
-workaround in ``test_examples.heal_query_routing``) so the other tests check
-what they are about; the xfail test keeps the bug visible.
 """
 
 from __future__ import annotations
@@ -22,20 +16,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from streams.edge import (
-    AuthError,
-    EdgeClient,
-    EdgeConfig,
-    SessionContext,
-    StateUnavailableError,
-    create_session,
-)
+from streams.edge import AuthError, EdgeClient, EdgeConfig, SessionContext, create_session
 from streams.kafka_io import create_xsp_topics, read_topic
 from streams.records import Decision, DecisionStatus, decode
 from streams.settings import Settings
@@ -46,37 +33,10 @@ from tests.integration.test_examples import example
 pytestmark = pytest.mark.kafka
 
 TOKEN = "t"
-T = TypeVar("T")
-
-
-async def nudged(edge: EdgeClient, read: Callable[[], Awaitable[T]], nudge_cid: str) -> T:
-    """``await read()``, working around the query-API bug (see the xfail test below).
-
-    When the worker answers 500 (``StateUnavailableError``, never ``AuthError``),
-    write both tables once (a zero spend event and a request on ``nudge_cid``),
-    which puts their changelogs back into the worker producer's metadata, and
-    read again; at most 10 times.
-    """
-    for attempt in range(10):
-        try:
-            return await read()
-        except AuthError:
-            raise
-        except StateUnavailableError:
-            if attempt == 9:
-                raise
-            await edge.track_spend(nudge_cid, 0)
-            session = await create_session(SessionContext.new("nudge"), client=edge)
-            async with session:
-                await session.decide({"campaign_id": nudge_cid}, timeout_s=5.0)
-            await asyncio.sleep(0.2)
-    raise AssertionError("unreachable")
 
 
 class Running:
     """The module's worker and how an edge reaches it."""
-
-    warm = ""
 
     def __init__(self, stack: Stack, worker: Any) -> None:
         self.stack = stack
@@ -161,7 +121,6 @@ def running(
     try:
         state = Running(stack, worker)
         warm = state.campaign(budget="100000", caps=[])
-        state.warm = warm
         try:
             asyncio.run(_serve_once(state.config(), warm))
         except Exception:
@@ -180,29 +139,23 @@ def test_advisory_reads_through_the_worker_query_api_with_a_token(running: Runni
         out: dict[str, Any] = {}
         async with EdgeClient(running.config()) as edge:
             session = await create_session(SessionContext.new(user), client=edge)
-
-            async def read(call: Callable[[], Awaitable[T]]) -> T:
-                return await nudged(edge, call, running.warm)
-
             async with session:
-                out["fresh_cap"] = await read(lambda: session.check_frequency_cap(user, limit=1))
-                out["fresh_budget"] = await read(lambda: session.get_budget(cid))
+                out["fresh_cap"] = await session.check_frequency_cap(user, limit=1)
+                out["fresh_budget"] = await session.get_budget(cid)
                 out["xml"] = await session.request(params={"campaign_id": cid})
                 # Settle of the cap slot is asynchronous: wait until nothing is pending.
                 deadline = time.monotonic() + 10
-                status = await read(lambda: edge.queries.frequency(user))
+                status = await edge.queries.frequency(user)
                 while status.pending and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
-                    status = await read(lambda: edge.queries.frequency(user))
+                    status = await edge.queries.frequency(user)
                 out["frequency"] = status
-                out["cap_1"] = await read(lambda: session.check_frequency_cap(user, limit=1))
-                out["cap_2"] = await read(
-                    lambda: session.check_frequency_cap(f"freq:daily:{user}", limit=2)
-                )
-                out["budget"] = await read(lambda: session.budget_status(cid))
-                out["remaining"] = await read(lambda: session.get_budget(cid))
-                out["spent"] = await read(lambda: session.get_spend(cid))
-                out["unknown"] = await read(lambda: session.get_budget("no-such-campaign"))
+                out["cap_1"] = await session.check_frequency_cap(user, limit=1)
+                out["cap_2"] = await session.check_frequency_cap(f"freq:daily:{user}", limit=2)
+                out["budget"] = await session.budget_status(cid)
+                out["remaining"] = await session.get_budget(cid)
+                out["spent"] = await session.get_spend(cid)
+                out["unknown"] = await session.get_budget("no-such-campaign")
                 out["queries"] = edge.stats()["queries"]
         return out
 
@@ -252,7 +205,7 @@ def _spent(running: Running, cid: str, at_least: int, timeout_s: float = 15) -> 
             deadline = time.monotonic() + timeout_s
             spent = -1
             while time.monotonic() < deadline:
-                status = await nudged(edge, lambda: edge.queries.budget(cid), running.warm)
+                status = await edge.queries.budget(cid)
                 spent = status.spent_micros
                 if spent >= at_least:
                     return spent

@@ -31,14 +31,7 @@ from typing import Any
 import pytest
 
 from streams.campaign_admin import put_campaigns
-from streams.edge import (
-    AuthError,
-    EdgeClient,
-    EdgeConfig,
-    SessionContext,
-    StateUnavailableError,
-    create_session,
-)
+from streams.edge import EdgeClient, EdgeConfig, SessionContext, create_session
 from streams.kafka_io import create_xsp_topics
 from streams.mock_adserver import inline_xml
 from streams.records import DecisionStatus
@@ -71,7 +64,6 @@ class Running:
     def __init__(self, stack: Stack, worker: Any) -> None:
         self.stack = stack
         self.worker = worker
-        self.warm = ""
         self.ad_server = stack.ad_server
         self.env = {
             "XSP_BOOTSTRAP_SERVERS": stack.settings.bootstrap_servers,
@@ -85,10 +77,7 @@ class Running:
 
 
 async def _wait_until_serving(config: EdgeConfig, ad_server: str, timeout_s: float) -> str:
-    """Return once the worker fills a request end to end (admit, budget, resolve, settle).
-
-    Uses requests only, not the query API (see ``NudgingQueries``).
-    """
+    """Return once the worker fills a request end to end (admit, budget, resolve, settle)."""
     support = example("_support")
     cid = f"warm-{uuid.uuid4().hex[:8]}"
     names = TopicNames.from_prefix(config.topic_prefix)
@@ -104,61 +93,6 @@ async def _wait_until_serving(config: EdgeConfig, ad_server: str, timeout_s: flo
                 if decision.status is DecisionStatus.FILLED:
                     return cid
         raise AssertionError(f"the worker did not fill a request in {timeout_s} s")
-
-
-QUERY_BUG = (
-    "BUG agents/queries.py: the worker's query API answers HTTP 500 (TypeError in aiokafka "
-    "_partition: the table changelog topic is missing from the worker producer's metadata "
-    "once that metadata was refreshed for other topics) until the table is written again"
-)
-
-
-class NudgingQueries:
-    """Wraps an edge's ``WorkerQueries``: on a 500, write the tables once and read again.
-
-    The workaround for ``QUERY_BUG`` in tests: a zero spend event on the
-    queried campaign (budget table) or a request on ``nudge_cid`` (frequency
-    table) puts the changelog back into the worker producer's metadata. At
-    most 10 tries; ``AuthError`` is never retried. Counts the nudges.
-    """
-
-    def __init__(self, edge: EdgeClient, nudge_cid: str) -> None:
-        self.inner = edge.queries
-        self.edge = edge
-        self.nudge_cid = nudge_cid
-        self.nudges = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def _retry(self, read: Any, campaign: str | None) -> Any:
-        for attempt in range(10):
-            try:
-                return await read()
-            except AuthError:
-                raise
-            except StateUnavailableError:
-                if attempt == 9:
-                    raise
-                self.nudges += 1
-                await self.edge.track_spend(campaign or self.nudge_cid, 0, reason="nudge")
-                session = await create_session(SessionContext.new("nudge"), client=self.edge)
-                async with session:
-                    await session.decide({"campaign_id": self.nudge_cid}, timeout_s=5.0)
-                await asyncio.sleep(0.1)
-        raise AssertionError("unreachable")
-
-    async def budget(self, campaign_id: str) -> Any:
-        return await self._retry(lambda: self.inner.budget(campaign_id), campaign_id)
-
-    async def frequency(self, user_id: str) -> Any:
-        return await self._retry(lambda: self.inner.frequency(user_id), None)
-
-
-def nudging(edge: EdgeClient, nudge_cid: str) -> EdgeClient:
-    """``edge`` with its queries wrapped in :class:`NudgingQueries` (returns ``edge``)."""
-    edge.queries = NudgingQueries(edge, nudge_cid)  # type: ignore[assignment]
-    return edge
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +125,7 @@ def running(
         worker = stack.start_worker()
         state = Running(stack, worker)
         try:
-            state.warm = asyncio.run(_wait_until_serving(state.edge_config(), mock_adserver, 60))
+            asyncio.run(_wait_until_serving(state.edge_config(), mock_adserver, 60))
         except Exception:
             print(worker.log_tail())
             raise
@@ -203,7 +137,6 @@ def running(
 def test_scenario_1_preroll_returns_the_inline_vast(running: Running) -> None:
     async def go() -> Any:
         async with EdgeClient(running.edge_config()) as edge:
-            nudging(edge, running.warm)
             return await example("scenario_1_preroll").run(edge, running.ad_server)
 
     result = asyncio.run(go())
@@ -219,7 +152,6 @@ def test_scenario_1_preroll_returns_the_inline_vast(running: Running) -> None:
 def test_scenario_2_fourth_request_under_a_cap_of_3_gets_none(running: Running) -> None:
     async def go() -> Any:
         async with EdgeClient(running.edge_config()) as edge:
-            nudging(edge, running.warm)
             return await example("scenario_2_frequency_cap").run(edge, running.ad_server)
 
     result = asyncio.run(go())
@@ -234,7 +166,6 @@ def test_scenario_2_fourth_request_under_a_cap_of_3_gets_none(running: Running) 
 def test_scenario_3_exhausted_budget_falls_back_and_reports_zero(running: Running) -> None:
     async def go() -> tuple[Any, Any]:
         async with EdgeClient(running.edge_config()) as edge:
-            nudging(edge, running.warm)
             result = await example("scenario_3_budget").run(edge, running.ad_server)
             status = await edge.queries.budget(result.campaign_id)
             return result, status
@@ -253,7 +184,6 @@ def test_scenario_3_exhausted_budget_falls_back_and_reports_zero(running: Runnin
 def test_scenario_4_wrapper_chain_resolves_to_the_inline(running: Running) -> None:
     async def go() -> Any:
         async with EdgeClient(running.edge_config()) as edge:
-            nudging(edge, running.warm)
             return await example("scenario_4_vast_chain").run(edge, running.ad_server)
 
     result = asyncio.run(go())
@@ -272,7 +202,6 @@ def test_scenario_4_wrapper_chain_resolves_to_the_inline(running: Running) -> No
 def test_production_patterns_and_timeout_fallback(running: Running) -> None:
     async def go() -> tuple[Any, int, int]:
         async with EdgeClient(running.edge_config()) as edge:
-            nudging(edge, running.warm)
             module = example("production_patterns")
             result = await module.run(edge, running.ad_server)
             # 7 fills at 0.10 plus one 0.25 fee sent twice with one event id,
@@ -349,8 +278,6 @@ def test_every_example_runs_as_a_script(running: Running) -> None:
             out, err = proc.communicate()
         if proc.returncode != 0 or not out.rstrip().endswith("OK"):
             failures.append(f"{script}: exit {proc.returncode}\n{out}\n{err[-3000:]}")
-    if failures and all("exit 2" in f and "HTTP 500" in f for f in failures):
-        pytest.xfail(f"{QUERY_BUG}; hit by: {', '.join(f.split(':')[0] for f in failures)}")
     assert not failures, "\n\n".join(failures)
 
 

@@ -65,6 +65,8 @@ async def _follow_decisions(
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=100,
+        # Exactly-once workers write decisions in transactions; aborted ones never count.
+        isolation_level="read_committed",
     )
     await consumer.start()
     found: dict[str, list[Decision]] = {}
