@@ -882,7 +882,8 @@ async def bench_memory_and_recovery(
         value = _request(rid, "probe-user", "bench-0", int(time.time() * 1000))
         await producer.send_and_wait(names.ad_requests, key=b"probe-user", value=value)
         answered = await _until_answered(
-            watcher, progress, [rid], await progress.ends(), worker2, 180
+            watcher, progress, [rid], await progress.ends(), worker2,
+            min(plan.peak_timeout_s, 90.0),
         )
         answer_s = time.monotonic() - t_start
         await asyncio.sleep(0.5)
@@ -1101,6 +1102,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where to write the JSON (default bench-results/bench_pipeline*.json)")
     ap.add_argument("--store", choices=("memory", "rocksdb"), default="memory",
                     help="table store of the peak/latency worker (memory phase is rocksdb)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary folder (worker and broker logs)")
     ap.add_argument("--profile", type=Path, default=None,
                     help="py-spy raw profile of the worker during the main burst (if installed)")
     args = ap.parse_args(argv)
@@ -1113,7 +1116,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _loadavg()
     workdir = Path(tempfile.mkdtemp(prefix="xsp-bench-pipeline-"))
     cleanup = Cleanup()
-    cleanup.add("workdir", lambda: shutil.rmtree(workdir, ignore_errors=True))
+    if not args.keep:
+        cleanup.add("workdir", lambda: shutil.rmtree(workdir, ignore_errors=True))
     result: dict[str, Any] = {
         "quick": args.quick,
         "cpus": os.cpu_count(),
@@ -1193,7 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
     json_out.write_text(json.dumps(result, indent=2, default=str))
     if code != 130:
         print(render(result))
-    print(f"JSON written to {json_out}")
+    print(f"JSON written to {json_out}" + (f"; logs kept in {workdir}" if args.keep else ""))
     return code
 
 

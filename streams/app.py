@@ -90,6 +90,7 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
         web_bind=settings.web_host,
         web_port=settings.web_port,
         producer_linger_ms=1,
+        table_standby_replicas=settings.standby_replicas,
         Router="streams.faust_router:Router",
     )
     app.xsp_settings = settings
@@ -134,9 +135,16 @@ def _register_agents(app: XspApp) -> None:
 
 
 def _declare_table(app: faust.App, name: str) -> TableT:
-    # Keys and values are bytes (the app's serializers are raw): values are
-    # canonical JSON from streams.pipeline; Faust only stores and changelogs them.
-    return app.Table(name, default=None, partitions=app.conf.topic_partitions)
+    # Keys and values are bytes: values are canonical JSON from streams.pipeline and
+    # Faust only stores and changelogs them. The types must be given: without them a
+    # table decodes its changelog as JSON on recovery and hands back dicts.
+    return app.Table(
+        name,
+        default=None,
+        partitions=app.conf.topic_partitions,
+        key_type=bytes,
+        value_type=bytes,
+    )
 
 
 def _declare_topics(app: faust.App, names: TopicNames) -> XspTopics:

@@ -57,6 +57,7 @@ class Settings:
     tick_interval_s: float = 1.0
     api_token: str = ""
     replay_mode: bool = False
+    standby_replicas: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -154,6 +155,7 @@ ENV_VARS: dict[str, str] = {
     "tick_interval_s": "XSP_TICK_INTERVAL_S",
     "api_token": "XSP_API_TOKEN",
     "replay_mode": "XSP_REPLAY_MODE",
+    "standby_replicas": "XSP_STANDBY_REPLICAS",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

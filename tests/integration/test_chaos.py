@@ -51,21 +51,33 @@ def chaos_campaigns(stack: Stack) -> list[dict[str, Any]]:
 
 
 class Killer(threading.Thread):
-    """SIGKILLs a random worker every ``every_s`` and starts a replacement, ``kills`` times."""
+    """SIGKILLs a random worker every ``every_s`` and starts a replacement, ``kills`` times.
+
+    Like a process supervisor it also restarts a worker that exited on its own
+    (``crashes``), so a crash inside Faust shows up in the count, not as a hang.
+    """
 
     def __init__(self, stack: Stack, kills: int, every_s: float) -> None:
         super().__init__(daemon=True)
         self.stack, self.kills, self.every_s = stack, kills, every_s
         self.done = 0
+        self.crashes = 0
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         rng = random.Random(7)
-        while self.done < self.kills and not self.stop_event.wait(self.every_s):
-            victim = rng.choice(self.stack.workers)
-            victim.kill()
-            self.stack.restart(victim)
-            self.done += 1
+        last_kill = time.monotonic()
+        while not self.stop_event.wait(0.5):
+            for worker in list(self.stack.workers):
+                if not worker.alive:
+                    self.crashes += 1
+                    self.stack.restart(worker)
+            if self.done < self.kills and time.monotonic() - last_kill >= self.every_s:
+                victim = rng.choice(self.stack.workers)
+                victim.kill()
+                self.stack.restart(victim)
+                self.done += 1
+                last_kill = time.monotonic()
 
 
 @pytest.mark.timeout(900)
@@ -92,6 +104,7 @@ def test_money_stays_exact_through_sigkills_and_a_rebalance(xsp_stack: Stack, st
     killer.stop_event.set()
     killer.join()
     assert killer.done >= 5, f"only {killer.done} kills happened"
+    assert killer.crashes == 0, f"{killer.crashes} workers exited on their own"
 
     # Every copy of a decision is identical.
     for rid, copies in decisions.items():

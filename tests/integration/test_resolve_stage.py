@@ -1,0 +1,71 @@
+"""The resolve stage through real Kafka: resolve requests in, Resolutions out, failures included.
+
+Each campaign points at a different mock ad-server route; a real worker
+resolves the chains and the Resolutions (recorded in ``budget-requests``)
+and the resulting decisions carry the right status and IAB error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from streams.kafka_io import read_topic
+from streams.records import AdRequest, DecisionStatus, Resolution, decode
+from tests.conftest import Stack
+from tests.integration.test_money import await_decisions, campaign, send_requests
+
+ROUTES = {
+    "chain-ok": ("/wrapper/2", DecisionStatus.FILLED, None),
+    "chain-empty": ("/empty", DecisionStatus.NO_FILL, None),
+    "chain-too-long": ("/wrapper/7", DecisionStatus.ERROR, 302),
+    "chain-broken": ("/inline?status=500", DecisionStatus.ERROR, 301),
+    "chain-not-xml": ("/inline?not_xml=1", DecisionStatus.ERROR, 100),
+}
+
+
+def test_resolutions_are_recorded_and_decide_each_request(xsp_stack: Stack) -> None:
+    xsp_stack.put_campaigns(
+        [
+            campaign(xsp_stack, cid, vast_url=f"{xsp_stack.ad_server}{route}")
+            for cid, (route, _, _) in ROUTES.items()
+        ]
+    )
+    xsp_stack.start_worker()
+    now = int(time.time() * 1000)
+    requests = [
+        AdRequest(
+            request_id=f"{cid}-{i}",
+            user_id=f"user-{cid}-{i}",
+            timestamp=now,
+            params={"campaign_id": cid},
+        )
+        for cid in ROUTES
+        for i in range(3)
+    ]
+    send_requests(xsp_stack, requests)
+    decisions = await_decisions(xsp_stack, {r.request_id for r in requests}, timeout_s=90)
+    for cid, (_, status, code) in ROUTES.items():
+        for i in range(3):
+            decision = decisions[f"{cid}-{i}"][0]
+            assert decision.status == status, (cid, decision)
+            assert decision.vast_error_code == code, (cid, decision)
+            if status == DecisionStatus.FILLED:
+                assert decision.ad is not None and decision.ad.vast_xml
+                assert decision.hops == 3
+                assert decision.spend_micros == 2_500_000
+            else:
+                assert decision.spend_micros == 0
+
+    # Every outcome is recorded, so a replay never has to call the ad server again.
+    log = asyncio.run(
+        read_topic(xsp_stack.settings.bootstrap_servers, xsp_stack.names.budget_requests)
+    )
+    recorded = [
+        decode(Resolution, m.value or b"")
+        for m in log
+        if m.value and json.loads(m.value).get("kind") == "resolution"
+    ]
+    assert {r.request_id for r in recorded} == {r.request_id for r in requests}
+    assert all(r.timings_ms.get("total", 0) > 0 for r in recorded)
