@@ -6,6 +6,7 @@ knows Faust's table and topic objects.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -50,6 +51,19 @@ class TableStore:
         items = [(k, v) for k, v in self.table.items() if bytes(k).startswith(wanted)]
         for key, value in items:
             yield bytes(key).decode(), bytes(value)
+
+
+def _request_id(raw: bytes | None) -> str | None:
+    """The request id inside a message, if it has one (for the log line about it)."""
+    try:
+        obj = json.loads(raw or b"")
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    inner = obj.get("request")
+    rid = obj.get("request_id") or (inner.get("request_id") if isinstance(inner, dict) else None)
+    return rid if isinstance(rid, str) else None
 
 
 class Router:
@@ -130,6 +144,7 @@ async def dead_letter(app: XspApp, event: EventT, stage: str, reason: str) -> No
         message.offset,
         stage,
         reason,
+        extra={"request_id": _request_id(message.value)},
     )
     await app.xsp_topics.dlq.send(key=message.key, value=encode(letter))
     app.xsp_metrics.dead_letter(stage)

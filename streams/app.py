@@ -16,6 +16,7 @@ from faust.types import TableT, TopicT
 
 from streams.campaign_directory import CampaignDirectory
 from streams.faust_transport import Transport
+from streams.logs import logging_config
 from streams.metrics import Metrics
 from streams.pipeline import PipelineConfig
 from streams.settings import Settings
@@ -91,6 +92,8 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
         web_port=settings.web_port,
         producer_linger_ms=1,
         table_standby_replicas=settings.standby_replicas,
+        # Worker log lines as text (key=value) or one JSON object per line.
+        logging_config=logging_config(settings.log_level, json=settings.log_format == "json"),
         Router="streams.faust_router:Router",
     )
     app.xsp_settings = settings

@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Faust's default level (warn) turns on its spinner, which sets the
         # root logger to DEBUG and costs 15-20 % CPU (DESIGN.md cost model).
         args += ["--loglevel", settings.log_level]
+    if args and args[0] == "worker":
+        # Faust creates only the last level of its data dir.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
     if args and args[0] == "worker" and not settings.web_enabled and "--without-web" not in args:
         args.append("--without-web")
 

@@ -58,6 +58,7 @@ class Settings:
     api_token: str = ""
     replay_mode: bool = False
     standby_replicas: int = 0
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -111,10 +112,14 @@ class Settings:
             raise SettingsError(f"XSP_WEB_PORT must be a TCP port, got {self.web_port}")
         if not self.bootstrap_servers.strip():
             raise SettingsError("XSP_BOOTSTRAP_SERVERS must not be empty")
-        if self.log_level.lower() not in ("debug", "info", "warn", "error", "crit"):
+        if self.log_level.lower() not in ("debug", "info", "warn", "error"):
             raise SettingsError(
-                f"XSP_LOG_LEVEL must be debug, info, warn, error or crit, got {self.log_level!r}"
+                f"XSP_LOG_LEVEL must be debug, info, warn or error, got {self.log_level!r}"
             )
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"XSP_LOG_FORMAT must be text or json, got {self.log_format!r}")
+        if self.standby_replicas < 0:
+            raise SettingsError(f"XSP_STANDBY_REPLICAS must be >= 0, got {self.standby_replicas}")
         if self.resolve_concurrency < 1:
             raise SettingsError(
                 f"XSP_RESOLVE_CONCURRENCY must be >= 1, got {self.resolve_concurrency}"
@@ -156,6 +161,7 @@ ENV_VARS: dict[str, str] = {
     "api_token": "XSP_API_TOKEN",
     "replay_mode": "XSP_REPLAY_MODE",
     "standby_replicas": "XSP_STANDBY_REPLICAS",
+    "log_format": "XSP_LOG_FORMAT",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
