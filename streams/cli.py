@@ -68,9 +68,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Faust's default level (warn) turns on its spinner, which sets the
         # root logger to DEBUG and costs 15-20 % CPU (DESIGN.md cost model).
         args += ["--loglevel", settings.log_level]
-    if args and args[0] == "worker":
+    if args and args[0] == "worker" and "--help" not in args:
         # Faust creates only the last level of its data dir.
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _ensure_topics(app)
     if args and args[0] == "worker" and not settings.web_enabled and "--without-web" not in args:
         args.append("--without-web")
 
@@ -95,6 +96,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _ensure_topics(app: XspApp) -> None:
+    """Create the topology's topics before a worker starts.
+
+    A topic that some client touched first would be auto-created by the
+    broker with its default partition count, and tables need every source
+    topic to have ``XSP_PARTITIONS`` partitions (co-partitioning).
+    """
+    settings = app.xsp_settings
+    if broker_answers(settings.bootstrap_servers, timeout_s=5.0):
+        asyncio.run(
+            create_xsp_topics(
+                settings.bootstrap_servers, app.xsp_topics.names, partitions=settings.partitions
+            )
+        )
 
 
 def _fail(message: str, *, code: int = 2) -> None:
