@@ -194,6 +194,7 @@ def _store_records(
     state_dict: dict[str, Any],
     extra: dict[str, dict[str, Any]],
     wall_ms: int | None,
+    seq: int | None = None,
 ) -> dict[str, Any]:
     """Move outcome records out of ``state_dict`` into their own keys; return the slim state.
 
@@ -203,9 +204,17 @@ def _store_records(
     """
     for rid, rec in state_dict.pop("records", {}).items():
         key = _record_key(row_key, rid)
+        old = _load(store, key) or {}
+        if old.get("rec") == rec and not extra.get(rid):
+            continue  # unchanged: rewriting it would only grow the changelog
         at = wall_ms if wall_ms is not None else rec.get("at", 0)
-        kept = {k: v for k, v in (_load(store, key) or {}).items() if k not in ("rec", "at")}
+        kept = {k: v for k, v in old.items() if k not in ("rec", "at", "seq", "prev")}
         value = {**kept, "rec": rec, "at": at, **extra.get(rid, {})}
+        if seq is not None:
+            value["seq"] = seq
+            if old:
+                # The last committed version, in case this write outlives its row write.
+                value["prev"] = {k: v for k, v in old.items() if k != "prev"}
         store.put(key, canonical_json(value))
     state_dict["records"] = {}
     # The floor guards forgotten ids inside one row; here records expire by key instead.
@@ -225,7 +234,13 @@ def prune_records(store: RowStore, tick: Tick, config: PipelineConfig) -> int:
     if not tick.prune:
         return 0
     cutoff = tick.timestamp - config.horizon_ms
-    return _prune(store, "r:", cutoff) + _prune(store, "s:", cutoff)
+    gone_marks = [k for k, v in store.scan("p:") if "gone" in json.loads(v)]
+    stale_marks = [
+        k for k in gone_marks if (json.loads(store.get(k) or b"{}").get("at", 0)) < cutoff
+    ]
+    for key in stale_marks:
+        store.delete(key)
+    return _prune(store, "r:", cutoff) + _prune(store, "s:", cutoff) + len(stale_marks)
 
 
 # --------------------------------------------------------------------------- decisions
@@ -533,6 +548,29 @@ def _pending_key(row_key: str, request_id: str) -> str:
     return f"p:{row_key}{SEP}{request_id}"
 
 
+def _committed(value: dict[str, Any] | None, row_seq: int) -> dict[str, Any] | None:
+    """The version of a side key that the campaign row has committed, or None.
+
+    One event writes its side keys (``p:``, ``r:``, ``s:``) first and the row
+    last, all into the same changelog partition, so Kafka keeps them in
+    order; a worker killed in between leaves side keys newer than their row.
+    Every side write carries the row's next ``seq``: a version with a larger
+    ``seq`` than the row's is not committed yet and the previous version
+    (``prev``) counts instead; a deletion is a ``gone`` mark with its
+    ``seq``, so an uncommitted deletion is undone the same way. A redelivered
+    event then finds exactly the state its first attempt started from.
+    """
+    if value is None:
+        return None
+    if "gone" in value:
+        if value["gone"] <= row_seq:
+            return None
+        return {k: v for k, v in value.items() if k != "gone"}
+    if value.get("seq", 0) > row_seq:
+        return _committed(value.get("prev"), row_seq)
+    return value
+
+
 def _budget_state(
     store: RowStore, campaign_id: str, ids: Iterable[str]
 ) -> tuple[budget_logic.BudgetState, dict[str, Any]]:
@@ -547,13 +585,18 @@ def _budget_state(
     ids = list(ids)
     row_key = _campaign_key(campaign_id)
     row = _load(store, row_key)
+    seq = row.get("seq", 0) if row else 0
     base = row["state"] if row else budget_logic.BudgetState(campaign_id=campaign_id).to_dict()
     pending = {}
+    records = {}
     for rid in ids:
-        value = _load(store, _pending_key(row_key, rid))
+        value = _committed(_load(store, _pending_key(row_key, rid)), seq)
         if value is not None:
             pending[rid] = value
-    state_dict = _hydrated(store, base, row_key, ids)
+        record = _committed(_load(store, _record_key(row_key, rid)), seq)
+        if record is not None:
+            records[rid] = record["rec"]
+    state_dict = {**base, "records": records}
     state_dict["reservations"] = {rid: value["res"] for rid, value in pending.items()}
     state = budget_logic.BudgetState.from_dict(state_dict)
     if row is not None:
@@ -565,6 +608,7 @@ def _budget_state(
         "exhausted": bool(row.get("exhausted", False)) if row else False,
         "wall_ms": row.get("wall_ms") if row else None,
         "pending_count": row.get("pending_count", 0) if row else 0,
+        "seq": seq,
     }
     return state, extras
 
@@ -577,29 +621,37 @@ def _save_budget(
     record_extra: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     row_key = _campaign_key(campaign_id)
+    seq = extras["seq"] + 1
+    at = extras["wall_ms"] or 0
     state_dict = state.to_dict()
     reservations = state_dict.pop("reservations")
-    for rid, reservation in reservations.items():
+    loaded = extras.get("loaded", set())
+    new = reservations.keys() - loaded
+    for rid in new:
         meta = extras["meta"].get(rid)
-        store.put(_pending_key(row_key, rid), canonical_json({"res": reservation, "meta": meta}))
-    gone = extras.get("loaded", set()) - reservations.keys()
+        body = {"res": reservations[rid], "meta": meta, "seq": seq, "at": at}
+        store.put(_pending_key(row_key, rid), canonical_json(body))
+    gone = loaded - reservations.keys()
     for rid in gone:
-        store.delete(_pending_key(row_key, rid))
-    new = reservations.keys() - extras.get("loaded", set())
+        key = _pending_key(row_key, rid)
+        mark = {**(_load(store, key) or {}), "gone": seq, "at": at}
+        store.put(key, canonical_json(mark))
     pending_count = extras["pending_count"] + len(new) - len(gone)
     state_dict["reservations"] = {}
     for event_id, spend in state_dict.pop("spend_events", {}).items():
         at = extras["wall_ms"] if extras["wall_ms"] is not None else spend.get("at", 0)
-        store.put(f"s:{row_key}{SEP}{event_id}", canonical_json({"spend": spend, "at": at}))
+        body = {"spend": spend, "at": at, "seq": seq}
+        store.put(f"s:{row_key}{SEP}{event_id}", canonical_json(body))
     state_dict["spend_events"] = {}
     extra = dict(record_extra or {})
     for rid, decision in extras.pop("decisions", {}).items():
         extra.setdefault(rid, {})["decision"] = decision
-    slim = _store_records(store, row_key, state_dict, extra, extras["wall_ms"])
+    slim = _store_records(store, row_key, state_dict, extra, extras["wall_ms"], seq)
     store.put(
         row_key,
         canonical_json(
             {
+                "seq": seq,
                 "state": slim,
                 "reserved_total": state.reserved_total,
                 "reserved_by_day": state.reserved_by_day,
@@ -758,7 +810,7 @@ def handle_resolution(
     rid = resolution.request_id
     campaign = view.campaigns.get(cid)
     state, extras = _budget_state(store, cid, [rid])
-    prior = _load(store, _record_key(_campaign_key(cid), rid))
+    prior = _committed(_load(store, _record_key(_campaign_key(cid), rid)), extras["seq"])
     if prior is not None and "decision" in prior and rid not in state.reservations:
         return _resend(prior, resolution.user_id, resolution.reply_to)
     if rid not in state.reservations and rid not in state.records:
@@ -837,7 +889,7 @@ def handle_spend(
     if wall_ms is not None:
         extras["wall_ms"] = max(extras["wall_ms"] or 0, wall_ms)
     row_key = _campaign_key(cid)
-    seen = _load(store, f"s:{row_key}{SEP}{event.event_id}")
+    seen = _committed(_load(store, f"s:{row_key}{SEP}{event.event_id}"), extras["seq"])
     if seen is not None:
         state.spend_events.clear()
         state_dict = state.to_dict()
@@ -876,7 +928,9 @@ def plan_expiry(
         if row is None or not row.get("pending_count"):
             continue
         prefix = _pending_key(row_key, "")
-        for key, _ in store.scan(prefix):
+        for key, raw in store.scan(prefix):
+            if _committed(json.loads(raw), row.get("seq", 0)) is None:
+                continue
             rid = key[len(prefix) :]
             live.add(rid)
             since = pending_since.setdefault(rid, now_wall_ms)

@@ -417,3 +417,82 @@ def test_a_second_different_resolution_repeats_the_first_decision() -> None:
     assert p.decisions[0] == p.decisions[1]
     assert p.decisions[0].status == DecisionStatus.FILLED
     assert budget_snapshot(p.campaigns, p.view.campaigns["c1"], T0)["spent_micros"] == 2_500_000
+
+
+class RecordingStore(DictStore):
+    """A DictStore that logs every write in order, as the changelog would receive them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, bytes | None]] = []
+
+    def put(self, key: str, value: bytes) -> None:
+        super().put(key, value)
+        self.log.append((key, value))
+
+    def delete(self, key: str) -> None:
+        super().delete(key)
+        self.log.append((key, None))
+
+
+def crash_after(store: RecordingStore, before: dict[str, bytes], keep: int) -> None:
+    """Rewind ``store`` to ``before`` plus only the first ``keep`` writes of the last event."""
+    writes = store.log[:keep]
+    store.data = dict(before)
+    for key, value in writes:
+        if value is None:
+            store.data.pop(key, None)
+        else:
+            store.data[key] = value
+    store.log.clear()
+
+
+@pytest.mark.parametrize("event", ["admitted", "resolution"])
+def test_a_redelivered_event_after_a_partial_changelog_flush_ends_the_same(event: str) -> None:
+    """SIGKILL between an event's side-key writes and its row write, then redelivery."""
+    view = directory(campaign())
+    request = AdRequest(request_id="r1", user_id="u", timestamp=T0)
+    admitted = Admitted(request=request, campaign_id="c1")
+
+    def reference() -> tuple[dict[str, bytes], list[Output]]:
+        store = RecordingStore()
+        outs = handle_admitted(store, admitted, view, CONFIG, wall_ms=T0)
+        item = decode(ResolveRequest, next(o for o in outs if o.route == "resolve").value)
+        res = resolution(item, DecisionStatus.FILLED)
+        outs = handle_resolution(store, res, view, CONFIG, wall_ms=T0 + 50)
+        return store.data, outs
+
+    clean_data, clean_outputs = reference()
+    store = RecordingStore()
+    if event == "admitted":
+        before = dict(store.data)
+        handle_admitted(store, admitted, view, CONFIG, wall_ms=T0)
+        for keep in range(len(store.log)):  # every possible crash point
+            probe = RecordingStore()
+            probe.data, probe.log = dict(store.data), list(store.log)
+            crash_after(probe, before, keep)
+            outs = handle_admitted(probe, admitted, view, CONFIG, wall_ms=T0)
+            assert any(o.route == "resolve" for o in outs), keep
+            item = decode(ResolveRequest, next(o for o in outs if o.route == "resolve").value)
+            res = resolution(item, DecisionStatus.FILLED)
+            final = handle_resolution(probe, res, view, CONFIG, wall_ms=T0 + 50)
+            assert [o.value for o in final] == [o.value for o in clean_outputs], keep
+            assert budget_snapshot(probe, view.campaigns["c1"], T0)["spent_micros"] == 2_500_000
+            assert budget_snapshot(probe, view.campaigns["c1"], T0)["reserved_micros"] == 0
+    else:
+        outs = handle_admitted(store, admitted, view, CONFIG, wall_ms=T0)
+        item = decode(ResolveRequest, next(o for o in outs if o.route == "resolve").value)
+        res = resolution(item, DecisionStatus.FILLED)
+        store.log.clear()
+        before = dict(store.data)
+        handle_resolution(store, res, view, CONFIG, wall_ms=T0 + 50)
+        for keep in range(len(store.log)):
+            probe = RecordingStore()
+            probe.data, probe.log = dict(store.data), list(store.log)
+            crash_after(probe, before, keep)
+            final = handle_resolution(probe, res, view, CONFIG, wall_ms=T0 + 50)
+            assert [o.value for o in final] == [o.value for o in clean_outputs], keep
+            snapshot = budget_snapshot(probe, view.campaigns["c1"], T0)
+            assert snapshot["spent_micros"] == 2_500_000, keep
+            assert snapshot["reserved_micros"] == 0, keep
+    assert clean_data  # the reference run wrote its rows
