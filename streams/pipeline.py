@@ -670,23 +670,27 @@ def _expire_budget(
     _, expired = budget_logic.expire(state, now_ms)
     outputs: list[Output] = []
     for rid in expired:
-        meta = extras["meta"].pop(rid, None)
-        if meta is None:
-            continue
-        user_id, reply_to, ts = meta
-        outputs.append(_frequency(rid, user_id, "release", ts))
-        decision = _decision(
-            rid,
-            DecisionStatus.TIMEOUT,
-            user_id=user_id,
-            reply_to=reply_to,
-            decided_at=ts,
-            campaign_id=campaign_id,
-            reason=TIMEOUT_REASON,
-        )
-        _remember(extras, decision)
-        outputs.append(decision)
+        outputs += _timed_out(rid, extras, campaign_id)
     return outputs
+
+
+def _timed_out(rid: str, extras: dict[str, Any], campaign_id: str) -> list[Output]:
+    """A released reservation's cap release and its remembered ``timeout`` decision."""
+    meta = extras["meta"].pop(rid, None)
+    if meta is None:
+        return []
+    user_id, reply_to, ts = meta
+    decision = _decision(
+        rid,
+        DecisionStatus.TIMEOUT,
+        user_id=user_id,
+        reply_to=reply_to,
+        decided_at=ts,
+        campaign_id=campaign_id,
+        reason=TIMEOUT_REASON,
+    )
+    _remember(extras, decision)
+    return [_frequency(rid, user_id, "release", ts), decision]
 
 
 def _remember(extras: dict[str, Any], decision: Output) -> None:
@@ -956,22 +960,7 @@ def handle_expire(store: RowStore, command: ExpireCommand, config: PipelineConfi
         return []
     extras["wall_ms"] = command.timestamp
     budget_logic.settle(state, rid, None)
-    meta = extras["meta"].pop(rid, None)
-    outputs: list[Output] = []
-    if meta is not None:
-        user_id, reply_to, ts = meta
-        outputs.append(_frequency(rid, user_id, "release", ts))
-        decision = _decision(
-            rid,
-            DecisionStatus.TIMEOUT,
-            user_id=user_id,
-            reply_to=reply_to,
-            decided_at=ts,
-            campaign_id=cid,
-            reason=TIMEOUT_REASON,
-        )
-        _remember(extras, decision)
-        outputs.append(decision)
+    outputs = _timed_out(rid, extras, cid)
     _save_budget(store, cid, state, extras)
     return outputs
 
