@@ -15,19 +15,23 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from faust import StreamT
 
 from agents.wiring import Router, TableStore, dead_letter
 from streams.app import XspApp
 from streams.faust_router import partition_of
+from streams.metrics import Metrics
 from streams.pipeline import (
     DeadLetterError,
+    budget_snapshot,
     decode_or_dead_letter,
     handle_admitted,
     handle_expire,
     handle_resolution,
     handle_spend,
+    pending_reservations,
     plan_expiry,
     prune_records,
 )
@@ -47,6 +51,28 @@ __all__ = ["register"]
 STAGE = "budget"
 
 
+def _report_budgets(
+    store: TableStore,
+    campaign_ids: list[str],
+    view: Any,
+    metrics: Metrics,
+    partition: int,
+    open_by_partition: dict[int, int],
+) -> None:
+    """Gauges on each tick: budget, spend and open reservations of this partition's campaigns."""
+    reserved = 0
+    for cid in campaign_ids:
+        campaign = view.campaigns.get(cid)
+        if campaign is None:
+            continue
+        snapshot = budget_snapshot(store, campaign, int(time.time() * 1000))
+        metrics.set_budget(cid, snapshot["total_micros"])
+        metrics.set_budget_spent(cid, snapshot["spent_micros"])
+        reserved += pending_reservations(store, cid)
+    open_by_partition[partition] = reserved
+    metrics.set_reservations_open(STAGE, sum(open_by_partition.values()))
+
+
 def register(app: XspApp) -> None:
     """Attach the ``budget`` agent to ``app``."""
     store = TableStore(app.xsp_tables.budget)
@@ -56,6 +82,7 @@ def register(app: XspApp) -> None:
     # Processing time each pending reservation was first seen (not table state:
     # it is this worker's clock, and only decides when to write an ExpireCommand).
     pending_since: dict[str, int] = {}
+    open_by_partition: dict[int, int] = {}
 
     @app.agent(app.xsp_topics.budget_requests, name=STAGE, concurrency=1)
     async def budget(stream: StreamT) -> None:
@@ -78,6 +105,8 @@ def register(app: XspApp) -> None:
                 elif kind == "expire":
                     command = decode_or_dead_letter(ExpireCommand, message.value)
                     outputs = handle_expire(store, command, config)
+                    if outputs:
+                        metrics.reservations_expired_inc(STAGE)
                 elif kind == "tick":
                     tick = decode_or_dead_letter(Tick, message.value)
                     prune_records(store, Tick(timestamp=wall_ms, prune=tick.prune), config)
@@ -89,6 +118,9 @@ def register(app: XspApp) -> None:
                     # Expiry is decided on this worker's clock and written to the log.
                     now_ms = int(time.time() * 1000)
                     outputs = plan_expiry(store, mine, pending_since, now_ms, config)
+                    _report_budgets(
+                        store, mine, view, metrics, message.partition, open_by_partition
+                    )
                 else:
                     admitted = decode_or_dead_letter(Admitted, message.value)
                     outputs = handle_admitted(store, admitted, view, config, wall_ms=wall_ms)

@@ -80,6 +80,7 @@ __all__ = [
     "handle_frequency_settle",
     "handle_resolution",
     "handle_spend",
+    "pending_reservations",
     "plan_expiry",
     "prune_records",
 ]
@@ -963,6 +964,12 @@ def handle_expire(store: RowStore, command: ExpireCommand, config: PipelineConfi
     outputs = _timed_out(rid, extras, cid)
     _save_budget(store, cid, state, extras)
     return outputs
+
+
+def pending_reservations(store: RowStore, campaign_id: str) -> int:
+    """How many reservations of ``campaign_id`` wait for their Resolution."""
+    row = _load(store, _campaign_key(campaign_id))
+    return int(row.get("pending_count", 0)) if row else 0
 
 
 def budget_snapshot(store: RowStore, campaign: Campaign, now_ms: int) -> dict[str, Any]:

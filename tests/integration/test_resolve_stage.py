@@ -32,7 +32,7 @@ def test_resolutions_are_recorded_and_decide_each_request(xsp_stack: Stack) -> N
             for cid, (route, _, _) in ROUTES.items()
         ]
     )
-    xsp_stack.start_worker()
+    worker = xsp_stack.start_worker()
     now = int(time.time() * 1000)
     requests = [
         AdRequest(
@@ -69,3 +69,33 @@ def test_resolutions_are_recorded_and_decide_each_request(xsp_stack: Stack) -> N
     ]
     assert {r.request_id for r in recorded} == {r.request_id for r in requests}
     assert all(r.timings_ms.get("total", 0) > 0 for r in recorded)
+
+    # The worker's Prometheus endpoint counts the same outcomes.
+    samples = scrape(f"{xsp_stack.worker_url(worker)}/metrics")
+    assert samples[("xsp_decisions_total", (("status", "filled"),))] == 3
+    assert samples[("xsp_vast_errors_total", (("code", "302"),))] == 3
+    assert samples[("xsp_vast_errors_total", (("code", "100"),))] == 3
+    assert samples[("xsp_spend_micros_total", (("campaign", "chain-ok"),))] == 7_500_000
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # gauges follow on the budget agent's ticks
+        samples = scrape(f"{xsp_stack.worker_url(worker)}/metrics")
+        if samples.get(("xsp_budget_spent_micros", (("campaign", "chain-ok"),))) == 7_500_000:
+            break
+        time.sleep(0.5)
+    assert samples[("xsp_budget_spent_micros", (("campaign", "chain-ok"),))] == 7_500_000
+    assert samples[("xsp_reservations_open", (("table", "budget"),))] == 0
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text exposition, keyed by name and sorted labels."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
