@@ -101,14 +101,17 @@ def test_money_stays_exact_through_sigkills_and_a_rebalance(xsp_stack: Stack, st
     ]
     killer = Killer(stack, kills=5, every_s=6.0)
     killer.start()
-    for chunk in range(0, REQUESTS, 1000):
-        send_requests(stack, requests[chunk : chunk + 1000])
-        time.sleep(1.2)
-        if chunk == REQUESTS // 2:
-            stack.start_worker()  # a third worker joins mid-run
-    decisions = await_decisions(stack, {r.request_id for r in requests}, timeout_s=420)
-    killer.stop_event.set()
-    killer.join()
+    try:
+        for chunk in range(0, REQUESTS, 1000):
+            send_requests(stack, requests[chunk : chunk + 1000])
+            time.sleep(1.2)
+            if chunk == REQUESTS // 2:
+                stack.start_worker()  # a third worker joins mid-run
+        decisions = await_decisions(stack, {r.request_id for r in requests}, timeout_s=420)
+    finally:
+        # Stop the supervisor before the fixture stops the workers, or it restarts them.
+        killer.stop_event.set()
+        killer.join()
     assert killer.done >= 5, f"only {killer.done} kills happened"
     assert killer.crashes == 0, f"{killer.crashes} workers exited on their own"
 
