@@ -258,7 +258,9 @@ def test_no_worker_means_timeout_and_fallback(xsp_stack: Stack) -> None:
 
 def test_every_example_runs_as_a_script(running: Running) -> None:
     """``python examples/<script>.py --ad-server URL`` with XSP_* set exits 0 and says OK."""
-    env = {**os.environ, **running.env}
+    # Five scripts at once on a 2-core machine: the edge's default 1 s decision
+    # timeout would turn a slow answer into a fallback and break the cap arithmetic.
+    env = {**os.environ, **running.env, "XSP_EDGE_TIMEOUT_S": "10"}
     procs = {
         script: subprocess.Popen(
             [sys.executable, str(EXAMPLES / script), "--ad-server", running.ad_server],
