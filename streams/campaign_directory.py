@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.campaign import Campaign, CampaignError, GlobalCaps, parse_campaign, parse_global_caps
+from streams.kafka_io import at_end
 
 __all__ = ["GLOBAL_CAPS_KEY", "CampaignDirectory", "DirectoryView", "decode_campaign_value"]
 
@@ -149,7 +150,7 @@ class CampaignDirectory:
                 for tp, records in batch.items():
                     for record in records:
                         self._apply(tp.topic, record.key, record.value, record.offset)
-                if not self._ready.is_set() and await _caught_up(consumer, backlog_end):
+                if not self._ready.is_set() and await at_end(consumer, backlog_end):
                     log.info(
                         "campaign directory ready: %d campaigns, %d exhausted",
                         len(self.view.campaigns),
@@ -183,10 +184,3 @@ class CampaignDirectory:
                 self.view.apply_status(name, value)
         except CampaignError as exc:
             log.warning("skipping invalid campaign %r at offset %d: %s", name, offset, exc)
-
-
-async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    for tp, end in ends.items():
-        if await consumer.position(tp) < end:
-            return False
-    return True

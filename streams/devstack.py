@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from streams.kafka_local import free_port
 from streams.settings import Settings
 
 __all__ = ["MockAdServerProcess", "WorkerProcess"]
@@ -127,7 +128,4 @@ class MockAdServerProcess:
         self.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_free_port = free_port  # kept for callers of the devstack name

@@ -19,7 +19,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.topics import TopicNames
 
-__all__ = ["ReadMessage", "create_topics", "create_xsp_topics", "produce", "read_topic"]
+__all__ = ["ReadMessage", "at_end", "create_topics", "create_xsp_topics", "produce", "read_topic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +132,7 @@ async def read_topic(
         while time.monotonic() < deadline:
             if expected is not None and len(messages) >= expected:
                 break
-            if expected is None and await _at_end(consumer, ends):
+            if expected is None and await at_end(consumer, ends):
                 break
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
@@ -145,7 +145,8 @@ async def read_topic(
         await consumer.stop()
 
 
-async def _at_end(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+async def at_end(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """True once ``consumer``'s position reached ``ends`` on every partition."""
     for tp, end in ends.items():
         if await consumer.position(tp) < end:
             return False

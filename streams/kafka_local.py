@@ -39,6 +39,7 @@ __all__ = [
     "KafkaLaunchError",
     "LocalKafka",
     "broker_answers",
+    "free_port",
     "install_kafka",
     "kafka_home",
     "read_broker_info",
@@ -121,7 +122,8 @@ def install_kafka(home: Path | None = None, *, quiet: bool = True) -> Path:
     return libs
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -297,7 +299,7 @@ class LocalKafka:
         path = self.data_dir / "ports.json"
         if path.exists():
             return dict(json.loads(path.read_text()))
-        ports = {"broker": _free_port(), "controller": _free_port()}
+        ports = {"broker": free_port(), "controller": free_port()}
         path.write_text(json.dumps(ports))
         return ports
 
