@@ -2,21 +2,62 @@
 
 Faust's built-in ``/table`` debug pages are not registered by xsp (they
 would expose user data); the only pages a worker serves are these and the
-query API.
+query API. ``kill -USR1 <pid>`` writes the stack of every asyncio task to the
+log: the way to see where a worker that stopped making progress is waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
+import signal
 from typing import Any
 
 from streams.app import XspApp
 from streams.metrics import exposition, refresh_lag
 
-__all__ = ["LAG_REFRESH_S", "register"]
+__all__ = ["LAG_REFRESH_S", "dump_tasks", "register"]
 
 log = logging.getLogger(__name__)
 LAG_REFRESH_S = 10.0
+
+
+def _await_chain(task: asyncio.Task[Any]) -> list[str]:
+    """``file:line in function`` for each coroutine the task is awaiting, outermost first."""
+    frames: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(frames) < 40:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            frames.append(f"{code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return frames
+
+
+def dump_tasks(app: XspApp | None = None) -> str:
+    """Every asyncio task with the chain of awaits it is waiting in, and the
+    consumer's commit bookkeeping (committed offset, acked-but-uncommitted
+    offsets, paused partitions) when ``app`` is given."""
+    out = io.StringIO()
+    tasks = asyncio.all_tasks()
+    out.write(f"{len(tasks)} asyncio tasks\n")
+    for task in tasks:
+        out.write(f"--- {task.get_name()}\n")
+        for line in _await_chain(task):
+            out.write(f"    {line}\n")
+    consumer: Any = getattr(app, "_consumer", None) if app is not None else None
+    if consumer is not None:
+        acked = getattr(consumer, "_acked", {})
+        for tp, committed in sorted(getattr(consumer, "_committed_offset", {}).items()):
+            pending = sorted(acked.get(tp, []))
+            head = f"{pending[:3]}..{pending[-1:]}" if pending else "[]"
+            out.write(f"commit {tp.topic}[{tp.partition}] committed={committed} acked={head}\n")
+        paused = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+        if paused is not None:
+            out.write(f"paused: {sorted(map(str, paused.paused()))}\n")
+    return out.getvalue()
 
 
 def register(app: XspApp) -> None:
@@ -29,6 +70,11 @@ def register(app: XspApp) -> None:
         content_type, body = exposition(metrics)
         # aiohttp refuses a charset inside content_type=; a header carries it intact.
         return web.bytes(body, headers={"Content-Type": content_type})
+
+    @app.task
+    async def install_task_dump() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning("%s", dump_tasks(app)))
 
     @app.timer(interval=LAG_REFRESH_S, name="consumer-lag")
     async def lag() -> None:

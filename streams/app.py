@@ -118,7 +118,17 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
 
 
 def _register_agents(app: XspApp) -> None:
-    from agents import admit, budget, campaigns, observability, queries, resolve, spend, ticks
+    from agents import (
+        admit,
+        budget,
+        campaigns,
+        commit_guard,
+        observability,
+        queries,
+        resolve,
+        spend,
+        ticks,
+    )
 
     @app.task
     async def start_campaign_directory() -> None:
@@ -126,6 +136,7 @@ def _register_agents(app: XspApp) -> None:
 
     admit.register(app)
     budget.register(app)
+    commit_guard.register(app)
     if app.xsp_settings.replay_mode:
         # Rebuild tables only: no HTTP, no clock of our own, nothing sent.
         return

@@ -146,6 +146,13 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.commit_holes_repaired = Counter(
+            "xsp_commit_holes_repaired_total",
+            "Source partitions re-read from their committed offset because it was stuck "
+            "below processed messages (faust-streaming#318), by topic.",
+            ["topic"],
+            registry=r,
+        )
         self.lag_refresh_errors = Counter(
             "xsp_lag_refresh_errors_total",
             "Failed attempts to read consumer lag from the brokers.",
@@ -216,6 +223,10 @@ class Metrics:
     def set_reservations_open(self, table: str, count: int) -> None:
         """Set the number of unsettled reservations in ``table``."""
         self.reservations_open.labels(table=table).set(count)
+
+    def commit_hole_repaired(self, topic: str) -> None:
+        """Count one partition of ``topic`` re-read because its commit was stuck."""
+        self.commit_holes_repaired.labels(topic=topic).inc()
 
     def reservations_expired_inc(self, table: str, count: int = 1) -> None:
         """Count ``count`` reservations of ``table`` released on expiry."""

@@ -36,9 +36,15 @@ def changelog_topic(app_id: str, table: str) -> str:
 
 
 async def table_snapshot(bootstrap: str, app_id: str, table: str) -> dict[bytes, bytes]:
-    """The final contents of ``table`` of ``app_id``: its changelog folded, deletes applied."""
+    """The final contents of ``table`` of ``app_id``: its changelog folded, deletes applied.
+
+    Read committed: under exactly-once, writes of aborted transactions never count.
+    """
     snapshot: dict[bytes, bytes] = {}
-    for message in await read_topic(bootstrap, changelog_topic(app_id, table), timeout_s=60):
+    changelog = changelog_topic(app_id, table)
+    for message in await read_topic(
+        bootstrap, changelog, timeout_s=60, isolation_level="read_committed"
+    ):
         if message.key is None:
             continue
         if message.value is None:

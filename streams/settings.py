@@ -59,6 +59,7 @@ class Settings:
     replay_mode: bool = False
     standby_replicas: int = 0
     log_format: str = "text"
+    commit_stuck_after_s: float = 15.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -129,6 +130,10 @@ class Settings:
                 "XSP_RESERVATION_TTL_MS must exceed the VAST deadline "
                 f"(XSP_VAST_TIMEOUT_S={self.vast_timeout_s}), got {self.reservation_ttl_ms}"
             )
+        if self.commit_stuck_after_s <= 0:
+            raise SettingsError(
+                f"XSP_COMMIT_STUCK_AFTER_S must be > 0, got {self.commit_stuck_after_s}"
+            )
         if self.session_timeout_s <= self.heartbeat_interval_s:
             raise SettingsError(
                 "XSP_SESSION_TIMEOUT_S must be greater than XSP_HEARTBEAT_INTERVAL_S"
@@ -162,6 +167,7 @@ ENV_VARS: dict[str, str] = {
     "replay_mode": "XSP_REPLAY_MODE",
     "standby_replicas": "XSP_STANDBY_REPLICAS",
     "log_format": "XSP_LOG_FORMAT",
+    "commit_stuck_after_s": "XSP_COMMIT_STUCK_AFTER_S",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -3,7 +3,11 @@
 The money must stay exact anyway: spend equals the sum of filled prices and
 never exceeds a budget, no user goes over a cap, every request gets a
 decision and every copy of it is identical, and no reservation is left.
-A third worker joining mid-run (a rebalance) must change nothing.
+A third worker joining mid-run (a rebalance) must change nothing. Finally
+every source partition's committed offset must reach the end the log had
+when the last decision arrived: a hole left by faust-streaming#318 (messages
+dropped, commits stuck for good) fails here unless the commit guard re-read
+it (``streams/commit_watch.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import pytest
 
 from streams.kafka_io import read_topic
+from streams.lag import consumer_lag
 from streams.records import AdRequest, DecisionStatus
 from streams.replay import table_snapshot
 from tests.conftest import Stack
@@ -81,16 +86,19 @@ class Killer(threading.Thread):
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN FAILURE (issue 5 open): under 5 SIGKILLs and a third worker joining, "
-    "10-491 of 20,000 requests got no decision in three runs and the workers went idle; "
-    "not yet diagnosed (lost offsets vs a stuck consumer holding partitions)",
+@pytest.mark.parametrize(
+    ("store", "guarantee"),
+    [
+        ("memory://", "at_least_once"),
+        ("rocksdb://", "at_least_once"),
+        ("memory://", "exactly_once"),
+    ],
 )
-@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
-def test_money_stays_exact_through_sigkills_and_a_rebalance(xsp_stack: Stack, store: str) -> None:
+def test_money_stays_exact_through_sigkills_and_a_rebalance(
+    xsp_stack: Stack, store: str, guarantee: str
+) -> None:
     stack = xsp_stack
-    stack.settings = stack.settings.with_overrides(store=store)
+    stack.settings = stack.settings.with_overrides(store=store, processing_guarantee=guarantee)
     stack.put_campaigns(chaos_campaigns(stack))
     stack.start_worker()
     stack.start_worker()
@@ -113,6 +121,7 @@ def test_money_stays_exact_through_sigkills_and_a_rebalance(xsp_stack: Stack, st
         killer.stop_event.set()
         killer.join()
     assert killer.done >= 5, f"only {killer.done} kills happened"
+    assert_commits_catch_up(stack)
     assert killer.crashes == 0, f"{killer.crashes} workers exited on their own"
 
     # Every copy of a decision is identical.
@@ -158,3 +167,28 @@ def test_money_stays_exact_through_sigkills_and_a_rebalance(xsp_stack: Stack, st
     assert not pending, f"{len(pending)} users still hold cap reservations"
     dlq = asyncio.run(read_topic(stack.settings.bootstrap_servers, stack.names.dlq, timeout_s=5))
     assert not dlq, [m.value for m in dlq[:3]]
+
+
+def assert_commits_catch_up(stack: Stack, timeout_s: float = 90) -> None:
+    """The app group's committed offsets reach the source topics' ends as of now.
+
+    Ticks keep arriving, so the target is the end offsets read once, here.
+    """
+    app_id = stack.settings.app_id
+    sources = [stack.names.ad_requests, stack.names.budget_requests]
+    target = {
+        (r.topic, r.partition): r.end_offset
+        for r in asyncio.run(consumer_lag(stack.settings.bootstrap_servers, app_id, sources))
+    }
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = asyncio.run(consumer_lag(stack.settings.bootstrap_servers, app_id, sources))
+        behind = {
+            (r.topic, r.partition): (r.committed, target[(r.topic, r.partition)])
+            for r in rows
+            if (r.committed or 0) < target[(r.topic, r.partition)]
+        }
+        if not behind or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert not behind, f"committed offsets stuck below the log end: {behind}"

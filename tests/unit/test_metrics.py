@@ -27,6 +27,7 @@ EXPECTED_FAMILIES = {
     "xsp_consumer_committed_offset": ("gauge", {"group", "topic", "partition"}),
     "xsp_log_end_offset": ("gauge", {"topic", "partition"}),
     "xsp_lag_refresh_errors": ("counter", set()),
+    "xsp_commit_holes_repaired": ("counter", {"topic"}),
     "xsp_spend_micros": ("counter", {"campaign"}),
     "xsp_budget_micros": ("gauge", {"campaign"}),
     "xsp_budget_spent_micros": ("gauge", {"campaign"}),
