@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from faust.exceptions import ProducerSendError
 from faust.types import EventT, TableT, TopicT
 
 from streams.app import XspApp
@@ -108,6 +109,15 @@ class Router:
     async def send(self, outputs: Sequence[Output]) -> None:
         if self.replay_mode:
             return  # a replay rebuilds state; the live run already sent these
+        try:
+            await self._send_all(outputs)
+        except ProducerSendError as exc:
+            # Exactly-once only: the event's partition was revoked while it was
+            # processed, so its transaction is gone and will abort. Its new owner
+            # processes the event again from the last committed offset.
+            log.info("outputs of a revoked partition dropped (its new owner redoes them): %s", exc)
+
+    async def _send_all(self, outputs: Sequence[Output]) -> None:
         for output in outputs:
             if output.route == "broadcast":
                 await self._broadcast(output)
