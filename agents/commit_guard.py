@@ -5,15 +5,25 @@ re-reading is safe. Every ``CHECK_EVERY_S`` the worker's consumer bookkeeping
 (committed offset, acked-but-uncommitted offsets) is handed to a
 ``CommitWatch``; a stuck partition is sought back to its committed offset,
 logged at WARNING and counted in ``xsp_commit_holes_repaired_total``.
-This reads two private attributes of faust-streaming's Consumer
-(``_committed_offset``, ``_acked``), pinned by the tested version range.
+
+A plain seek is not enough (measured: the hole stayed after four seeks):
+Faust's fetch loop is usually in the middle of a batch of the same partition
+and sets the read offset past the seek target again, so the re-fetched
+messages are dropped once more. The partition is therefore paused first,
+and sought only once its read offset has stopped moving (the batch in flight
+is done), then resumed. This reads private attributes of faust-streaming's
+Consumer (``_committed_offset``, ``_acked``, ``_read_offset``), pinned by
+the tested version range.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
+
+from faust.types import TP
 
 from streams.app import XspApp
 from streams.commit_watch import CommitWatch, PartitionProgress
@@ -22,6 +32,8 @@ __all__ = ["CHECK_EVERY_S", "register"]
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_S = 2.0
+SETTLE_S = 0.5  # the read offset of a paused partition stood still this long: batch done
+SETTLE_MAX_S = 15.0
 
 
 def _progress(consumer: Any) -> list[PartitionProgress]:
@@ -29,7 +41,8 @@ def _progress(consumer: Any) -> list[PartitionProgress]:
     committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
     return [
         PartitionProgress(
-            partition=tp,
+            # Faust's own TP type: its active-partition set asserts on anything else.
+            partition=TP(tp.topic, tp.partition),
             committed=offset,
             lowest_acked=min(acked[tp]) if acked.get(tp) else None,
         )
@@ -56,5 +69,23 @@ def register(app: XspApp) -> None:
                 stuck.lowest_acked,
                 stuck.committed,
             )
-            await consumer.seek(tp, stuck.committed)
+            await _rewind(consumer, tp, stuck.committed)
             metrics.commit_hole_repaired(tp.topic)
+
+
+async def _rewind(consumer: Any, tp: Any, offset: int) -> None:
+    """Pause ``tp``, wait until the fetch loop's batch in flight is done, seek, resume."""
+    consumer.pause_partitions([tp])
+    try:
+        read_offsets = consumer._read_offset
+        last, still_since = read_offsets.get(tp), time.monotonic()
+        deadline = time.monotonic() + SETTLE_MAX_S
+        while time.monotonic() < deadline and time.monotonic() - still_since < SETTLE_S:
+            await asyncio.sleep(0.1)
+            if read_offsets.get(tp) != last:
+                last, still_since = read_offsets.get(tp), time.monotonic()
+        if tp in consumer.assignment():
+            await consumer.seek(tp, offset)
+    finally:
+        if tp in consumer.assignment():
+            consumer.resume_partitions([tp])
