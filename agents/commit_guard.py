@@ -28,7 +28,7 @@ from faust.types import TP
 from streams.app import XspApp
 from streams.commit_watch import CommitWatch, PartitionProgress
 
-__all__ = ["CHECK_EVERY_S", "register"]
+__all__ = ["CHECK_EVERY_S", "commit_progress", "register"]
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_S = 2.0
@@ -36,7 +36,8 @@ SETTLE_S = 0.5  # the read offset of a paused partition stood still this long: b
 SETTLE_MAX_S = 15.0
 
 
-def _progress(consumer: Any) -> list[PartitionProgress]:
+def commit_progress(consumer: Any) -> list[PartitionProgress]:
+    """Each partition's committed offset and lowest processed-but-uncommitted offset."""
     acked: dict[Any, list[int]] = getattr(consumer, "_acked", {})
     committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
     return [
@@ -58,7 +59,7 @@ def register(app: XspApp) -> None:
     @app.timer(interval=CHECK_EVERY_S, name="commit-guard")
     async def commit_guard() -> None:
         consumer = app.consumer
-        for stuck in watch.check(_progress(consumer), time.monotonic()):
+        for stuck in watch.check(commit_progress(consumer), time.monotonic()):
             tp = stuck.partition
             log.warning(
                 "%s[%s]: committed offset %s stuck below processed offset %s; "

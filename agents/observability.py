@@ -14,6 +14,7 @@ import logging
 import signal
 from typing import Any
 
+from agents.commit_guard import commit_progress
 from streams.app import XspApp
 from streams.metrics import exposition, refresh_lag
 
@@ -49,11 +50,12 @@ def dump_tasks(app: XspApp | None = None) -> str:
             out.write(f"    {line}\n")
     consumer: Any = getattr(app, "_consumer", None) if app is not None else None
     if consumer is not None:
-        acked = getattr(consumer, "_acked", {})
-        for tp, committed in sorted(getattr(consumer, "_committed_offset", {}).items()):
-            pending = sorted(acked.get(tp, []))
-            head = f"{pending[:3]}..{pending[-1:]}" if pending else "[]"
-            out.write(f"commit {tp.topic}[{tp.partition}] committed={committed} acked={head}\n")
+        for p in commit_progress(consumer):
+            tp = p.partition
+            out.write(
+                f"commit {tp.topic}[{tp.partition}] committed={p.committed} "
+                f"lowest_acked={p.lowest_acked}\n"
+            )
         paused = getattr(getattr(consumer, "_thread", None), "_consumer", None)
         if paused is not None:
             out.write(f"paused: {sorted(map(str, paused.paused()))}\n")
