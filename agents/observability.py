@@ -54,12 +54,35 @@ def dump_tasks(app: XspApp | None = None) -> str:
             tp = p.partition
             out.write(
                 f"commit {tp.topic}[{tp.partition}] committed={p.committed} "
-                f"lowest_acked={p.lowest_acked}\n"
+                f"highest_acked={p.highest_acked}\n"
             )
-        paused = getattr(getattr(consumer, "_thread", None), "_consumer", None)
-        if paused is not None:
-            out.write(f"paused: {sorted(map(str, paused.paused()))}\n")
+        out.write(_fetch_state(consumer))
     return out.getvalue()
+
+
+def _fetch_state(consumer: Any) -> str:
+    """Per assigned partition: Faust's read offset and flow sets, aiokafka's position.
+
+    A partition that is assigned but absent from ``active`` (or whose read
+    offset is far above the committed one) is one Faust has stopped feeding.
+    """
+    kafka: Any = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    if kafka is None:
+        return ""
+    lines = [f"paused (aiokafka): {sorted(map(str, kafka.paused()))}\n"]
+    active = consumer._active_partitions or set()
+    buffered = consumer._buffered_partitions
+    for tp in sorted(kafka.assignment()):
+        try:
+            position = kafka._subscription.subscription.assignment.state_value(tp).position
+        except Exception:  # the private layout changed, or the partition just moved
+            position = "?"
+        lines.append(
+            f"fetch {tp.topic}[{tp.partition}] read={consumer._read_offset.get(tp)} "
+            f"position={position} active={tp in active} buffered={tp in buffered} "
+            f"faust_paused={tp in consumer._paused_partitions}\n"
+        )
+    return "".join(lines)
 
 
 def register(app: XspApp) -> None:

@@ -112,6 +112,7 @@ async def _run(app: XspApp) -> None:
                 continue
             metrics.event_in(STAGE, names.resolve_requests, len(records))
             requests = []
+            lettered = []  # delivery futures: the commit below waits for these too
             for record in records:
                 try:
                     requests.append(decode(ResolveRequest, record.value or b""))
@@ -126,7 +127,9 @@ async def _run(app: XspApp) -> None:
                         original_key=record.key,
                         dead_at=record.timestamp,
                     )
-                    await producer.send(names.dlq, key=record.key, value=encode(letter))
+                    lettered.append(
+                        await producer.send(names.dlq, key=record.key, value=encode(letter))
+                    )
                     metrics.dead_letter(STAGE)
             resolutions = await asyncio.gather(
                 *(resolve_request(r, client, timeout_s=settings.vast_timeout_s) for r in requests)
@@ -139,7 +142,7 @@ async def _run(app: XspApp) -> None:
                 )
                 for resolution in resolutions
             ]
-            await asyncio.gather(*sent)
+            await asyncio.gather(*sent, *lettered)
             await consumer.commit()
             for resolution in resolutions:
                 metrics.event_out(STAGE, names.budget_requests)

@@ -1,29 +1,69 @@
-"""Detect source partitions whose consumer processes messages but can no longer commit.
+"""Which offsets a source partition may commit, and which partitions stopped committing.
 
-Why this exists: faust-streaming 0.15.3 drops a fetched message without
-delivering or acking it when a rebalance suspends the flow while the message
-waits for an agent's queue, and still records it as read; when the worker
-keeps (or gets back) that partition and seeks to the committed offset, the
-re-fetched messages below that read offset are dropped again ("DROPPED
-MESSAGE ROFF"). The dropped offsets are never acked, so the committed offset
-stops at the hole for good (faust-streaming#318, #606; robinhood/faust#681)
-while later messages are processed. Measured in the chaos test: up to 491 of
-20,000 requests never decided, and a budget partition 14,000 messages behind
-in committed offset with every later message processed.
+Why this exists: faust-streaming 0.15.3 loses messages across rebalances in
+three ways, all measured in the chaos test (2 workers, 20,000 requests,
+SIGKILLs): up to 491 requests never decided, committed offsets stuck
+10,000 messages behind.
 
-The cure is cheap because every handler here is idempotent: seek the
-partition back to its committed offset, so the holes are read and processed
-(and everything after them re-delivered and recognised as duplicates).
-This module only decides *when*; ``agents/commit_guard.py`` reads Faust's
-bookkeeping and seeks. No Faust import here.
+1. Its commit rule skips a one-message hole: with committed offset ``c``
+   (the next offset to read) and processed offsets ``c+1, c+2, ...`` it
+   commits past ``c``, which was never processed; with ``c == 0`` it does
+   not look for a hole at all. ``commit_offset`` is the rule without those
+   holes: only a contiguous run starting exactly at ``c`` is committed.
+2. A stream skips the messages it still has buffered when a rebalance
+   starts (flow stopped, or fetched in the previous generation) and *acks*
+   them, so they are committed unprocessed. ``streams/faust_transport.py``
+   refuses those acks; Faust's recovery then seeks every partition back to
+   its committed offset and the messages are read again.
+3. A message fetched while a rebalance suspends the flow is dropped but
+   recorded as read, and a re-fetch below that read offset is dropped again
+   ("DROPPED MESSAGE ROFF"; faust-streaming#318, #606, robinhood/faust#681).
+   Its offset is never acked, so with rule 1 the committed offset stops at
+   the hole while later messages are processed. ``CommitWatch`` spots such
+   a partition and the worker asks for a group rebalance, whose recovery
+   re-reads it from the committed offset (``agents/commit_guard.py``).
+   A seek of the one partition was tried first and left it stalled for good
+   (4 of 4 rewound partitions in two runs): the rebalance is Faust's own,
+   tested path.
+
+Re-reading is safe because every handler is idempotent by request id. No
+Faust import here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["CommitWatch", "PartitionProgress"]
+__all__ = ["CommitWatch", "PartitionProgress", "commit_offset"]
+
+
+def commit_offset(committed: int | None, acked: Sequence[int]) -> tuple[int | None, int]:
+    """The offset to commit after ``committed`` given sorted processed offsets ``acked``.
+
+    Returns ``(offset, used)``: ``offset`` is one past the contiguous run of
+    ``acked`` that starts exactly at ``committed`` (``None`` if there is no
+    such run: the message at ``committed`` has not been processed), and
+    ``used`` is how many leading entries of ``acked`` that run and any stale
+    entries below ``committed`` account for (the caller drops them).
+    A partition never committed (``committed is None``) starts at its lowest
+    processed offset, as a fresh consumer group starts at the log's start.
+    Guarantees: never returns an offset above an unprocessed one.
+    """
+    if not acked:
+        return None, 0
+    expected = acked[0] if committed is None else committed
+    start = expected
+    used = 0
+    for offset in acked:
+        if offset < expected:  # stale (below the commit) or a duplicate
+            used += 1
+        elif offset == expected:
+            expected += 1
+            used += 1
+        else:
+            break
+    return (expected if expected > start else None), used
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,23 +72,31 @@ class PartitionProgress:
 
     partition: Hashable
     committed: int | None  # next offset to read after the last commit (None: never committed)
-    lowest_acked: int | None  # smallest processed-but-uncommitted offset (None: nothing pending)
+    highest_acked: int | None  # largest processed offset not yet committed (None: none)
+
+    @property
+    def waiting(self) -> bool:
+        """Processed messages wait at or above the committed offset."""
+        return (
+            self.committed is not None
+            and self.highest_acked is not None
+            and self.highest_acked >= self.committed
+        )
 
 
 @dataclass
 class CommitWatch:
-    """Says which partitions have had a hole below their processed messages for too long.
+    """Says which partitions have processed messages but a committed offset that stopped.
 
-    A partition is *stuck* when messages above its committed offset have been
-    processed (``lowest_acked > committed``: the offsets in between were never
-    acked) and the committed offset has not moved for ``stuck_after_s``.
-    A hole that Faust fills itself (transaction markers, compaction) closes
-    within a commit interval, so it is never reported if ``stuck_after_s`` is
-    a few commit intervals. Guarantees: a partition is reported at most once
-    per ``stuck_after_s`` (the seek needs time to take effect).
+    A partition is *stuck* when processed messages wait above its committed
+    offset and that offset has not moved for ``stuck_after_s``. A healthy
+    partition commits every few seconds (Faust's commit interval, 2.8 s; up
+    to ~18 s measured under bursts), so ``stuck_after_s`` must be longer than
+    that. Guarantees: a partition is reported at most once per
+    ``stuck_after_s`` (the rebalance needs time to take effect).
     """
 
-    stuck_after_s: float = 15.0
+    stuck_after_s: float = 20.0
     _since: dict[Hashable, tuple[int | None, float]] = field(default_factory=dict)
 
     def check(self, progress: Iterable[PartitionProgress], now_s: float) -> list[PartitionProgress]:
@@ -57,17 +105,12 @@ class CommitWatch:
         seen: set[Hashable] = set()
         for p in progress:
             seen.add(p.partition)
-            hole = (
-                p.lowest_acked is not None
-                and p.committed is not None
-                and p.lowest_acked > p.committed
-            )
-            if not hole:
+            if not p.waiting:
                 self._since.pop(p.partition, None)
                 continue
             committed, since = self._since.get(p.partition, (p.committed, now_s))
             if committed != p.committed:
-                since = now_s  # the commit moved: a new hole, not the old one
+                since = now_s  # the commit moved: whatever waits now is new
             if now_s - since >= self.stuck_after_s:
                 stuck.append(p)
                 since = now_s

@@ -1,4 +1,4 @@
-"""Faust's aiokafka transport: configurable fetch wait, and exactly-once that survives re-keying.
+"""Faust's aiokafka transport: fetch wait, a commit rule without holes, re-keyed exactly-once.
 
 faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for worker consumers.
 On a lightly loaded topic every hop then waits up to 1.5 s for a fetch to
@@ -6,6 +6,12 @@ fill, so a three-stage chain took seconds per request. We keep Faust's
 consumer as it is and only lower that one number after it is built
 (``XSP_CONSUMER_FETCH_MAX_WAIT_MS``, default 10 ms, read from the app's
 ``xsp_settings``).
+
+Commits: Faust's rule commits past a one-message hole, its streams ack the
+messages they skip when a rebalance starts, and it may commit offsets whose
+outputs are still in its producer buffer. ``_Consumer`` commits only
+contiguous processed offsets, refuses those acks and drains the producer
+before each commit (``streams/commit_watch.py`` explains, with the numbers).
 
 Exactly-once: faust-streaming 0.15.3 picks the transactional producer of a
 send by the *destination* partition (``{app}-{group}-{partition}``), and a
@@ -25,6 +31,7 @@ Faust's rule when this worker owns the destination, else go out plain.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 
 import aiokafka
@@ -32,7 +39,9 @@ from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from faust.types.tuples import RecordMetadata
+from faust.types.tuples import Message, RecordMetadata
+
+from streams.commit_watch import commit_offset
 
 __all__ = ["Transport"]
 
@@ -53,12 +62,114 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    """Faust's consumer with a commit rule that never commits past an unprocessed message."""
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def ack(self, message: Message) -> bool:
+        # A stream acks the messages it skips when a rebalance starts (flow
+        # stopped, or fetched in the previous generation) although it never
+        # processed them. Left unacked, they keep the commit below them and
+        # Faust's recovery re-reads them from the committed offset.
+        # The message still counts as done for ``wait_empty`` (which waits for
+        # in-flight events before partitions are revoked), but its offset is
+        # not recorded as processed.
+        app = self.app
+        if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
+            message.acked = True
+            self._unacked_messages.discard(message)
+            return False
+        acked: bool = super().ack(message)
+        return acked
+
+    async def _commit(self, offsets: Any) -> bool:
+        # Faust flushes the producer before committing, but its buffer's flush
+        # gives up after 0.1 s without a send: under load the outputs of
+        # processed messages could still sit in the buffer when their offsets
+        # were committed, and a SIGKILL then lost them (43 requests in one
+        # chaos run). Every output handed over so far reaches the broker first.
+        await _drain(self.app.producer)
+        committed: bool = await super()._commit(offsets)
+        return committed
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        self._absorb_gaps(tp, acked)
+        acked.sort()
+        offset, used = commit_offset(self._committed_offset[tp], acked)
+        self._acked_index[tp].difference_update(acked[:used])
+        del acked[:used]
+        return offset
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        # Offsets the fetch loop never saw count as processed only where the
+        # log really has holes: compacted topics, and transaction markers under
+        # exactly-once. Elsewhere a jump means Faust discarded fetched records
+        # (it drops those of a partition it has just paused, after aiokafka's
+        # position moved past them: 43 requests lost in one chaos run), so the
+        # commit must stop there until the commit guard has them re-read.
+        if not self._log_may_skip_offsets(tp.topic):
+            return
+        # Faust calls this with ``offset_to`` = the offset of the record that
+        # arrived after the gap, and stored that offset inside the gap: the
+        # record then counted as processed before it was. The gap here is
+        # [offset_from, offset_to), clipped at the committed offset.
+        committed = self._committed_offset[tp]
+        if committed is not None:
+            offset_from = max(offset_from, committed)
+        if offset_from < offset_to:
+            gaps = self._gap[tp]
+            gaps.addi(offset_from, offset_to)
+            gaps.merge_overlaps()
+
+    def _log_may_skip_offsets(self, topic: str) -> bool:
+        settings = getattr(self.app, "xsp_settings", None)
+        if settings is None or settings.processing_guarantee == "exactly_once":
+            return True
+        compacted: set[str] = self.app.xsp_topics.names.compacted()  # type: ignore[attr-defined]
+        return topic in compacted
+
+    def _absorb_gaps(self, tp: TP, acked: list[int]) -> None:
+        """Count offsets the log does not hold (compaction, transaction markers) as processed.
+
+        Only those at or just above the processed offsets: a gap further up
+        waits until the messages below it are processed.
+        """
+        gaps = self._gap[tp]
+        if not gaps:
+            return
+        top = max(acked) + 1
+        absent = sorted(gaps.overlap(0, top + 1), key=lambda interval: interval.begin)
+        if absent:
+            for interval in absent:
+                acked.extend(range(interval.begin, interval.end))
+            gaps.chop(0, max(top, absent[-1].end))
+
+
+async def _drain(producer: Any) -> None:
+    """Return once every message handed to Faust's producer so far is acked by the broker."""
+    buffer = producer.buffer
+    while buffer.size:
+        await buffer.flush()
+    # The buffer's sender pops a message before handing it to aiokafka:
+    # one loop turn lets the last one reach aiokafka's accumulator.
+    await asyncio.sleep(0)
+    await producer.flush()
 
 
 class _SourceTransactions(TransactionManager):
     """Exactly-once with one transaction per *source* partition (see the module docstring)."""
+
+    async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        # Outputs still in Faust's producer buffer would miss the transaction
+        # being committed and be sent after it ended ("Can't send messages
+        # while not in transaction").
+        await _drain(self.producer)
+        committed: bool = await super().commit(offsets, start_new_transaction)
+        return committed
 
     def _transaction_of(self, tp: TP) -> str | None:
         try:

@@ -59,7 +59,7 @@ class Settings:
     replay_mode: bool = False
     standby_replicas: int = 0
     log_format: str = "text"
-    commit_stuck_after_s: float = 15.0
+    commit_stuck_after_s: float = 20.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
