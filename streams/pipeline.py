@@ -645,8 +645,10 @@ def _save_budget(
         store.put(f"s:{row_key}{SEP}{event_id}", canonical_json(body))
     state_dict["spend_events"] = {}
     extra = dict(record_extra or {})
-    for rid, decision in extras.pop("decisions", {}).items():
+    for rid, (decision, reply_to) in extras.pop("decisions", {}).items():
         extra.setdefault(rid, {})["decision"] = decision
+        if reply_to:
+            extra[rid]["reply_to"] = reply_to
     slim = _store_records(store, row_key, state_dict, extra, extras["wall_ms"], seq)
     store.put(
         row_key,
@@ -697,7 +699,29 @@ def _timed_out(rid: str, extras: dict[str, Any], campaign_id: str) -> list[Outpu
 def _remember(extras: dict[str, Any], decision: Output) -> None:
     """Keep the decision's bytes with the request's record: a redelivered message re-sends
     exactly these bytes (a second Resolution may differ in timings, or even outcome)."""
-    extras.setdefault("decisions", {})[decision.key] = decision.value.decode()
+    extras.setdefault("decisions", {})[decision.key] = (decision.value.decode(), decision.topic)
+
+
+def _resend_recorded(
+    store: RowStore,
+    campaign_id: str,
+    rid: str,
+    seq: int,
+    reply_to: str | None = None,
+    *,
+    only: DecisionStatus | None = None,
+) -> list[Output]:
+    """The decision recorded for ``rid`` in the campaign's row, sent again.
+
+    Nothing if none is recorded, or if ``only`` is given and it has another status.
+    """
+    prior = _committed(_load(store, _record_key(_campaign_key(campaign_id), rid)), seq)
+    if prior is None or "decision" not in prior:
+        return []
+    decision = json.loads(prior["decision"])
+    if only is not None and decision["status"] != only.value:
+        return []
+    return _resend(prior, decision["user_id"], reply_to or prior.get("reply_to"))
 
 
 def _resend(prior: dict[str, Any], user_id: str, reply_to: str | None) -> list[Output]:
@@ -750,9 +774,10 @@ def handle_admitted(
         if rid in state.reservations:
             extras["meta"].setdefault(rid, [request.user_id, request.reply_to, ts])
         else:
-            # Already settled or expired: the settle path re-sends the decision.
+            # Already settled or expired: a redelivered Admitted re-sends that
+            # decision (a crash may have lost it after the table write).
             _save_budget(store, cid, state, extras)
-            return outputs
+            return outputs + _resend_recorded(store, cid, rid, extras["seq"], request.reply_to)
         resolve = ResolveRequest(
             request=request,
             campaign_id=cid,
@@ -952,13 +977,16 @@ def handle_expire(store: RowStore, command: ExpireCommand, config: PipelineConfi
     """budget: release a reservation whose Resolution did not come in time.
 
     Guarantees: only a still-pending reservation is released (its budget and
-    cap slot freed, a ``timeout`` decision sent); after a settle it is a no-op.
+    cap slot freed, a ``timeout`` decision sent); after a settle it is a no-op;
+    delivered again after it expired the reservation, it re-sends that decision.
     A Resolution arriving later for it gets the same ``timeout`` decision.
     """
     cid, rid = command.campaign_id, command.request_id
     state, extras = _budget_state(store, cid, [rid])
     if rid not in state.reservations:
-        return []
+        # Settled: nothing to do. Expired by this very command, redelivered after
+        # a crash that may have lost its decision: send that decision again.
+        return _resend_recorded(store, cid, rid, extras["seq"], only=DecisionStatus.TIMEOUT)
     extras["wall_ms"] = command.timestamp
     budget_logic.settle(state, rid, None)
     outputs = _timed_out(rid, extras, cid)

@@ -278,6 +278,36 @@ def test_a_resolution_logged_before_the_expire_command_still_fills() -> None:
     assert budget_snapshot(p.campaigns, p.view.campaigns["c1"], T0)["spent_micros"] == 2_500_000
 
 
+def test_a_redelivered_expire_command_resends_its_timeout_decision() -> None:
+    """A crash after the table write but before the decision reached Kafka: the
+    command is read again from the committed offset and must not stay silent."""
+    p = Pipeline(directory(campaign()))
+    p.request("r1", ts=T0)
+    since: dict[str, int] = {}
+    plan_expiry(p.campaigns, ["c1"], since, T0, CONFIG)
+    [command] = plan_expiry(p.campaigns, ["c1"], since, T0 + 60_000, CONFIG)
+    expire = decode(ExpireCommand, command.value)
+    first = handle_expire(p.campaigns, expire, CONFIG)
+    again = handle_expire(p.campaigns, expire, CONFIG)
+    first_decisions = [o for o in first if o.route == "decision"]
+    assert [o.value for o in again if o.route == "decision"] == [o.value for o in first_decisions]
+    assert decode(Decision, first_decisions[0].value).status == DecisionStatus.TIMEOUT
+
+
+def test_a_redelivered_admitted_resends_the_decision_already_made() -> None:
+    p = Pipeline(directory(campaign()))
+    request = AdRequest(request_id="r1", user_id="u1", timestamp=T0, reply_to="edge-7.replies")
+    admitted = Admitted(request=request, campaign_id="c1")
+    p.route(handle_admitted(p.campaigns, admitted, p.view, CONFIG, wall_ms=T0))
+    p.resolve_all()
+    [filled] = p.decisions
+    again = handle_admitted(p.campaigns, admitted, p.view, CONFIG, wall_ms=T0 + 100)
+    [resent] = [o for o in again if o.route == "decision"]
+    assert decode(Decision, resent.value) == filled
+    assert resent.topic == "edge-7.replies"
+    assert budget_snapshot(p.campaigns, p.view.campaigns["c1"], T0)["spent_micros"] == 2_500_000
+
+
 def test_redelivered_messages_give_identical_decisions_and_no_double_charge() -> None:
     p = Pipeline(directory(campaign()))
     p.request("r1")
