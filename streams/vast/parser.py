@@ -146,16 +146,21 @@ def _first_url(el: etree._Element) -> str | None:
 
 
 def _int(v: str | None) -> int | None:
+    """Lenient integer: ``None`` when absent or malformed, never an exception.
+
+    Hot callers inline the common case (``int(v) if v.isdecimal()``) and
+    call this only for the rest.
+    """
     if v is None:
         return None
-    if v.isdecimal():  # the common case; int() accepts every Unicode decimal digit
+    if v.isdecimal():  # int() accepts every Unicode decimal digit
         return int(v)
     try:
         return int(v)  # int() already ignores surrounding whitespace
     except ValueError:
-        try:  # "480.0" appears in the wild
+        try:  # "480.0" appears in the wild; "inf" and "1e400" overflow
             return int(float(v))
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
 
 

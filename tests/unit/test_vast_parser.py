@@ -247,3 +247,35 @@ def test_str_input_with_encoding_declaration() -> None:
 )
 def test_parse_duration(value: str | None, expected: float | None) -> None:
     assert parse_duration(value) == expected
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "1e400", "nan", "abc", " ", "4x3"])
+def test_malformed_optional_numbers_become_none(bad: str) -> None:
+    # "inf" and "1e400" used to escape as OverflowError and fail the whole document.
+    doc = parse_vast(f"""<VAST version="4.0"><Ad sequence="{bad}"><InLine><Creatives>
+      <Creative sequence="{bad}"><Linear><MediaFiles>
+       <MediaFile width="{bad}" height="{bad}" bitrate="{bad}" minBitrate="{bad}"
+         maxBitrate="{bad}">https://cdn.example/a.mp4</MediaFile></MediaFiles></Linear></Creative>
+      <Creative><NonLinearAds><NonLinear width="{bad}" height="{bad}">
+       <StaticResource creativeType="image/png">https://cdn.example/n.png</StaticResource>
+      </NonLinear></NonLinearAds></Creative>
+      <Creative><CompanionAds><Companion width="{bad}" height="{bad}">
+       <StaticResource creativeType="image/png">https://cdn.example/c.png</StaticResource>
+      </Companion></CompanionAds></Creative>
+    </Creatives></InLine></Ad></VAST>""")
+    ad = doc.ads[0]
+    lin, nl, comp = ad.creatives
+    m = lin.media_files[0]
+    assert ad.sequence is None and lin.sequence is None
+    assert (m.width, m.height, m.bitrate, m.min_bitrate, m.max_bitrate) == (None,) * 5
+    assert (nl.nonlinears[0].width, nl.nonlinears[0].height) == (None, None)
+    assert (comp.companions[0].width, comp.companions[0].height) == (None, None)
+
+
+def test_lenient_numbers_still_read() -> None:
+    doc = parse_vast(b'<VAST version="4.0"><Ad><InLine><Creatives><Creative><Linear><MediaFiles>'
+                     b'<MediaFile width=" 640 " height="480.0" minBitrate="300" maxBitrate="+900">'
+                     b"https://cdn.example/a.mp4</MediaFile></MediaFiles></Linear></Creative>"
+                     b"</Creatives></InLine></Ad></VAST>")
+    m = doc.ads[0].media_files[0]
+    assert (m.width, m.height, m.min_bitrate, m.max_bitrate) == (640, 480, 300, 900)
