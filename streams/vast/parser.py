@@ -401,7 +401,8 @@ def _creative(el: etree._Element) -> Creative | None:
             ad_id_v1 = v
         elif k == "sequence":
             cr.sequence = _int(v)
-    cr.ad_id = ad_id or ad_id_v1
+    # A VAST 1 <AdID> child read above stays unless an attribute names one.
+    cr.ad_id = ad_id or ad_id_v1 or cr.ad_id
     cr.universal_ad_ids = uids
     return cr
 

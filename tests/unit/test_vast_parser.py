@@ -279,3 +279,16 @@ def test_lenient_numbers_still_read() -> None:
                      b"</Creatives></InLine></Ad></VAST>")
     m = doc.ads[0].media_files[0]
     assert (m.width, m.height, m.min_bitrate, m.max_bitrate) == (640, 480, 300, 900)
+
+
+def test_an_adid_child_of_linear_survives_a_creative_without_ad_id_attributes() -> None:
+    doc = parse_vast(b"""<VAST version="2.0"><Ad id="a"><InLine><AdSystem>s</AdSystem>
+      <AdTitle>t</AdTitle><Impression>http://i.example/</Impression><Creatives>
+      <Creative><Linear><AdID>legacy-7</AdID><Duration>00:00:05</Duration><MediaFiles>
+      <MediaFile delivery="progressive" type="video/mp4" width="640" height="360">
+      http://m.example/a.mp4</MediaFile></MediaFiles></Linear></Creative>
+      <Creative adId="attr-1"><Linear><AdID>legacy-8</AdID><Duration>00:00:05</Duration>
+      </Linear></Creative></Creatives></InLine></Ad></VAST>""")
+    first, second = doc.ads[0].creatives
+    assert first.ad_id == "legacy-7"
+    assert second.ad_id == "attr-1"  # the Creative's attribute wins
