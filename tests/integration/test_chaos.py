@@ -86,20 +86,22 @@ class Killer(threading.Thread):
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN FAILURE (issue 5 open): faust-streaming 0.15.3 loses messages across "
-    "rebalances. Its stream skips and acks messages fetched before a rebalance, and its fetch "
-    "loop drops re-fetched ones (faust-streaming#318). The commit guard repairs the stuck "
-    "commits; 29-224 of 20,000 requests still got no decision in 3 of 7 runs. Under "
-    "exactly_once, workers also crash in recovery (ConsistencyError).",
-)
 @pytest.mark.parametrize(
     ("store", "guarantee"),
     [
         ("memory://", "at_least_once"),
         ("rocksdb://", "at_least_once"),
-        ("memory://", "exactly_once"),
+        pytest.param(
+            "memory://",
+            "exactly_once",
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="KNOWN FAILURE (issue 5 open): under exactly_once 494 of 20,000 requests "
+                "got no decision in the last run (at-least-once: all of them). Not diagnosed; "
+                "suspected: offsets the fetch loop skipped are counted as transaction markers "
+                "(the only gaps honoured besides compaction), so a commit can pass them.",
+            ),
+        ),
     ],
 )
 def test_money_stays_exact_through_sigkills_and_a_rebalance(
