@@ -46,13 +46,13 @@ def commit_offset(committed: int | None, acked: Sequence[int]) -> tuple[int | No
     such run: the message at ``committed`` has not been processed), and
     ``used`` is how many leading entries of ``acked`` that run and any stale
     entries below ``committed`` account for (the caller drops them).
-    A partition never committed (``committed is None``) starts at its lowest
-    processed offset, as a fresh consumer group starts at the log's start.
+    Nothing is committed from an unknown start (``committed is None``): the
+    messages below the lowest processed one may never have been read.
     Guarantees: never returns an offset above an unprocessed one.
     """
-    if not acked:
+    if not acked or committed is None:
         return None, 0
-    expected = acked[0] if committed is None else committed
+    expected = committed
     start = expected
     used = 0
     for offset in acked:

@@ -69,6 +69,21 @@ class _Consumer(faust_aiokafka.Consumer):
 
     _revoking = False
 
+    async def perform_seek(self) -> None:
+        # Faust leaves a partition's committed offset unknown (None) when the
+        # group has none, or when it is 0, and then committed from the lowest
+        # processed offset, whatever lay below it: a rocksdb chaos run had
+        # 4,086 requests of one partition committed unprocessed. Every source
+        # partition starts from a known offset instead: where the consumer
+        # stands after the seek, which is the committed offset or the reset one.
+        await super().perform_seek()
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        for tp in self.assignment():
+            if self._committed_offset.get(tp) is None and acks_enabled_for(tp.topic):
+                position = await self.position(tp)
+                if position is not None:
+                    self._committed_offset[tp] = position
+
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # Faust forgets the revoked partitions' committed offsets first and
         # stops the flow only later: an ack in between was recorded against

@@ -18,7 +18,7 @@ from streams.commit_watch import CommitWatch, PartitionProgress, commit_offset
         (10, [8, 9, 10, 11], (12, 4)),  # stale entries below the commit are dropped
         (10, [9, 11], (None, 1)),  # a stale entry is dropped even when nothing commits
         (10, [10, 10, 11], (12, 3)),  # a duplicate counts once
-        (None, [5, 6, 8], (7, 2)),  # never committed: starts at the lowest processed
+        (None, [5, 6, 8], (None, 0)),  # unknown start: 0..4 may never have been read
         (10, [], (None, 0)),
     ],
 )
