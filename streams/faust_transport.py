@@ -64,10 +64,10 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class _Consumer(faust_aiokafka.Consumer):
     """Faust's consumer with a commit rule that never commits past an unprocessed message."""
 
+    _revoking = False  # between the start of a revocation and the next assignment
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    _revoking = False
 
     async def perform_seek(self) -> None:
         # Faust leaves a partition's committed offset unknown (None) when the
