@@ -9,6 +9,7 @@ counts and serializers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -16,6 +17,7 @@ from faust.types import TableT, TopicT
 
 from streams.campaign_directory import CampaignDirectory
 from streams.faust_transport import Transport
+from streams.local_state import mark_clean_shutdown, open_table_dir
 from streams.logs import logging_config
 from streams.metrics import Metrics
 from streams.pipeline import PipelineConfig
@@ -58,8 +60,28 @@ class XspApp(faust.App):
     xsp_pipeline: PipelineConfig
     xsp_metrics: Metrics
 
+    _tables_opened = False  # set by ``open_local_tables`` in a worker process
+
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
+
+    def open_local_tables(self) -> bool:
+        """Before a worker starts: keep local RocksDB stores only after a clean shutdown.
+
+        Returns True if stores were discarded (they are rebuilt from the
+        changelogs); see ``streams.local_state``. A no-op for ``memory://``.
+        """
+        if not self.xsp_settings.store.startswith("rocksdb"):
+            return False
+        self._tables_opened = True
+        return open_table_dir(Path(self.conf.tabledir))
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        # Faust's on_stop stopped the consumer and flushed the producer: every
+        # local table write is in its changelog now, so the stores may be reused.
+        if self._tables_opened:
+            mark_clean_shutdown(Path(self.conf.tabledir))
 
 
 def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:

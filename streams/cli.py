@@ -71,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args and args[0] == "worker" and "--help" not in args:
         # Faust creates only the last level of its data dir.
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if app.open_local_tables():
+            click.echo(
+                "xsp: the last worker on this data dir did not shut down cleanly: "
+                "its table stores are rebuilt from the changelogs",
+                err=True,
+            )
         _ensure_topics(app)
     if args and args[0] == "worker" and not settings.web_enabled and "--without-web" not in args:
         args.append("--without-web")
