@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.xsp-installed
 
 .PHONY: setup demo test lint bench clean
 
-$(STAMP): pyproject.toml
+# setup.py and the .pyx are listed because the compiled walk is only rebuilt
+# by a new install.
+$(STAMP): pyproject.toml setup.py streams/vast/_walk.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
