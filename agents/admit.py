@@ -16,7 +16,7 @@ import time
 
 from faust import StreamT
 
-from agents.wiring import Router, TableStore, dead_letter
+from agents.wiring import Router, TableStore, dead_letter, owned_by
 from streams.admission import validate_ad_request
 from streams.app import XspApp
 from streams.pipeline import (
@@ -43,6 +43,7 @@ def register(app: XspApp) -> None:
     store = TableStore(app.xsp_tables.frequency)
     router = Router(app, STAGE)
     metrics = app.xsp_metrics
+    partitions = settings.partitions
 
     @app.agent(app.xsp_topics.ad_requests, name=STAGE, concurrency=1)
     async def admit(stream: StreamT) -> None:
@@ -64,7 +65,12 @@ def register(app: XspApp) -> None:
                     outputs = []
                 elif kind == "tick":
                     tick = decode_or_dead_letter(Tick, message.value)
-                    prune_records(store, Tick(timestamp=wall_ms, prune=tick.prune), config)
+                    prune_records(
+                        store,
+                        Tick(timestamp=wall_ms, prune=tick.prune),
+                        config,
+                        owned_by(message.partition, partitions),
+                    )
                     outputs = []
                 else:
                     request = validate_ad_request(

@@ -19,7 +19,7 @@ from typing import Any
 
 from faust import StreamT
 
-from agents.wiring import Router, TableStore, dead_letter
+from agents.wiring import Router, TableStore, dead_letter, owned_by
 from streams.app import XspApp
 from streams.faust_router import partition_of
 from streams.metrics import Metrics
@@ -109,7 +109,12 @@ def register(app: XspApp) -> None:
                         metrics.reservations_expired_inc(STAGE)
                 elif kind == "tick":
                     tick = decode_or_dead_letter(Tick, message.value)
-                    prune_records(store, Tick(timestamp=wall_ms, prune=tick.prune), config)
+                    prune_records(
+                        store,
+                        Tick(timestamp=wall_ms, prune=tick.prune),
+                        config,
+                        owned_by(message.partition, partitions),
+                    )
                     mine = [
                         cid
                         for cid in view.campaigns

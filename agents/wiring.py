@@ -9,17 +9,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from faust.exceptions import ProducerSendError
 from faust.types import EventT, TableT, TopicT
 
 from streams.app import XspApp
-from streams.pipeline import Output
+from streams.faust_router import partition_of
+from streams.pipeline import Output, row_owner
 from streams.records import DeadLetter, encode
 
-__all__ = ["Router", "TableStore", "dead_letter"]
+__all__ = ["Router", "TableStore", "dead_letter", "owned_by"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,16 @@ class TableStore:
         items = [(k, v) for k, v in self.table.items() if bytes(k).startswith(wanted)]
         for key, value in items:
             yield bytes(key).decode(), bytes(value)
+
+
+def owned_by(partition: int, partitions: int) -> Callable[[str], bool]:
+    """Whether a table key lives in ``partition`` (its row owner's source partition)."""
+
+    def owns(key: str) -> bool:
+        owner = row_owner(key)
+        return owner is not None and partition_of(owner.encode(), partitions) == partition
+
+    return owns
 
 
 def _request_id(raw: bytes | None) -> str | None:

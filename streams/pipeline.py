@@ -38,7 +38,7 @@ Money and decisions
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -83,6 +83,7 @@ __all__ = [
     "pending_reservations",
     "plan_expiry",
     "prune_records",
+    "row_owner",
 ]
 
 SEP = "\x1f"
@@ -223,25 +224,53 @@ def _store_records(
     return state_dict
 
 
-def _prune(store: RowStore, prefix: str, older_than_ms: int) -> int:
-    stale = [k for k, v in store.scan(prefix) if json.loads(v).get("at", 0) < older_than_ms]
-    for key in stale:
-        store.delete(key)
-    return len(stale)
+def row_owner(table_key: str) -> str | None:
+    """The user or campaign id whose source partition holds ``table_key``.
+
+    A table key lives in the changelog partition of the event that wrote it,
+    which is its row owner's partition of the source topic (every key starts
+    with its row's key, see "Rows and keys"). ``x:<partition>`` status rows
+    have no owner: None.
+    """
+    kind, _, rest = table_key.partition(":")
+    if kind in ("u", "c"):
+        return rest
+    if kind in ("r", "p", "s"):
+        return row_owner(rest.split(SEP, 1)[0])
+    return None
 
 
-def prune_records(store: RowStore, tick: Tick, config: PipelineConfig) -> int:
-    """Forget outcome records (``r:``/``s:`` keys) older than the dedupe horizon."""
+def prune_records(
+    store: RowStore,
+    tick: Tick,
+    config: PipelineConfig,
+    owns: Callable[[str], bool] | None = None,
+) -> int:
+    """Forget outcome records (``r:``/``s:``) and deletion marks (``p:`` gone) past the horizon.
+
+    Only keys for which ``owns(key)`` holds are deleted. A worker's store
+    holds every partition assigned to it while a deletion goes to the
+    changelog partition of the tick being processed, so agents pass the
+    tick's partition: a key deleted from another partition came back on the
+    next restore (its own changelog still had it), and a replay pruned
+    whatever partitions that worker happened to hold.
+    """
     if not tick.prune:
         return 0
     cutoff = tick.timestamp - config.horizon_ms
-    gone_marks = [k for k, v in store.scan("p:") if "gone" in json.loads(v)]
-    stale_marks = [
-        k for k in gone_marks if (json.loads(store.get(k) or b"{}").get("at", 0)) < cutoff
-    ]
-    for key in stale_marks:
+    stale = []
+    for prefix in ("r:", "s:", "p:"):
+        for key, raw in store.scan(prefix):
+            if owns is not None and not owns(key):
+                continue
+            value = json.loads(raw)
+            if prefix == "p:" and "gone" not in value:
+                continue  # a pending reservation: expiry, not pruning, ends it
+            if value.get("at", 0) < cutoff:
+                stale.append(key)
+    for key in stale:
         store.delete(key)
-    return _prune(store, "r:", cutoff) + _prune(store, "s:", cutoff) + len(stale_marks)
+    return len(stale)
 
 
 # --------------------------------------------------------------------------- decisions

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from agents.wiring import owned_by
 from streams.campaign import parse_campaign
 from streams.campaign_directory import DirectoryView
+from streams.faust_router import partition_of
 from streams.pipeline import (
     DeadLetterError,
     Output,
@@ -28,6 +30,8 @@ from streams.pipeline import (
     handle_resolution,
     handle_spend,
     plan_expiry,
+    prune_records,
+    row_owner,
 )
 from streams.records import (
     Admitted,
@@ -40,6 +44,7 @@ from streams.records import (
     Resolution,
     ResolveRequest,
     SpendEvent,
+    Tick,
     decode,
 )
 
@@ -526,3 +531,42 @@ def test_a_redelivered_event_after_a_partial_changelog_flush_ends_the_same(event
             assert snapshot["spent_micros"] == 2_500_000, keep
             assert snapshot["reserved_micros"] == 0, keep
     assert clean_data  # the reference run wrote its rows
+
+
+def test_row_owner_names_the_source_key_of_every_table_key() -> None:
+    sep = "\x1f"
+    assert row_owner("u:alice") == "alice"
+    assert row_owner(f"r:u:alice{sep}req-1") == "alice"
+    assert row_owner("c:camp") == "camp"
+    assert row_owner(f"p:c:camp{sep}req-1") == "camp"
+    assert row_owner(f"s:c:camp{sep}spend-1") == "camp"
+    assert row_owner("x:3") is None
+
+
+def test_pruning_forgets_old_records_only_in_the_ticks_partition() -> None:
+    """A worker holds several partitions; a tick of one may only delete that one's keys."""
+    view = directory(campaign("c1"))
+    users = DictStore()
+    for i in range(40):
+        req = AdRequest(request_id=f"r{i}", user_id=f"user-{i}", timestamp=T0)
+        handle_ad_request(users, req, view, CONFIG, wall_ms=T0)
+        settle = FrequencySettle(
+            request_id=f"r{i}", user_id=f"user-{i}", action="commit", timestamp=T0
+        )
+        handle_frequency_settle(users, settle, CONFIG, wall_ms=T0)
+    records = [k for k in users.data if k.startswith("r:")]
+    assert len(records) == 40
+
+    def partition(key: str) -> int:
+        return partition_of(str(row_owner(key)).encode(), 4)
+
+    late = Tick(timestamp=T0 + CONFIG.horizon_ms + 1, prune=True)
+    early = Tick(timestamp=T0 + CONFIG.horizon_ms - 1, prune=True)
+    assert prune_records(users, early, CONFIG, owned_by(0, 4)) == 0
+    mine = [k for k in records if partition(k) == 0]
+    assert 0 < len(mine) < 40
+    assert prune_records(users, late, CONFIG, owned_by(0, 4)) == len(mine)
+    left = {k for k in users.data if k.startswith("r:")}
+    assert left == {k for k in records if partition(k) != 0}
+    # Rows themselves are never pruned.
+    assert all(f"u:user-{i}" in users.data for i in range(40))
