@@ -97,7 +97,9 @@ async def _run(app: XspApp) -> None:
         ),
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=1
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        linger_ms=settings.producer_linger_ms,
     )
     client = VastHttpClient(fetch_config(settings))
     await producer.start()

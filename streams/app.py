@@ -112,7 +112,7 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
-        producer_linger_ms=1,
+        producer_linger_ms=settings.producer_linger_ms,
         table_standby_replicas=settings.standby_replicas,
         # Worker log lines as text (key=value) or one JSON object per line.
         logging_config=logging_config(settings.log_level, json=settings.log_format == "json"),

@@ -44,6 +44,7 @@ class Settings:
     web_enabled: bool = True
     processing_guarantee: ProcessingGuarantee = "at_least_once"
     consumer_fetch_max_wait_ms: int = 10
+    producer_linger_ms: int = 1
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
     rebalance_timeout_s: float = 10.0
@@ -121,6 +122,10 @@ class Settings:
             raise SettingsError(f"XSP_LOG_FORMAT must be text or json, got {self.log_format!r}")
         if self.standby_replicas < 0:
             raise SettingsError(f"XSP_STANDBY_REPLICAS must be >= 0, got {self.standby_replicas}")
+        if not 0 <= self.producer_linger_ms <= 1000:
+            raise SettingsError(
+                f"XSP_PRODUCER_LINGER_MS must be between 0 and 1000, got {self.producer_linger_ms}"
+            )
         if self.resolve_concurrency < 1:
             raise SettingsError(
                 f"XSP_RESOLVE_CONCURRENCY must be >= 1, got {self.resolve_concurrency}"
@@ -152,6 +157,7 @@ ENV_VARS: dict[str, str] = {
     "web_enabled": "XSP_WEB_ENABLED",
     "processing_guarantee": "XSP_PROCESSING_GUARANTEE",
     "consumer_fetch_max_wait_ms": "XSP_CONSUMER_FETCH_MAX_WAIT_MS",
+    "producer_linger_ms": "XSP_PRODUCER_LINGER_MS",
     "session_timeout_s": "XSP_SESSION_TIMEOUT_S",
     "heartbeat_interval_s": "XSP_HEARTBEAT_INTERVAL_S",
     "rebalance_timeout_s": "XSP_REBALANCE_TIMEOUT_S",
