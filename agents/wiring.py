@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from faust.exceptions import ProducerSendError
+from faust.streams import current_event
 from faust.types import EventT, TableT, TopicT
 
 from streams.app import XspApp
@@ -48,8 +49,26 @@ class TableStore:
             del self.table[encoded]
 
     def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        """Keys starting with ``prefix``, at least those of the event's partition.
+
+        RocksDB keeps one database per partition: the scan seeks to ``prefix``
+        in the database of the event being processed and stops after the
+        prefix, lazily. Listing every assigned partition's table instead cost
+        a pruning tick ~110 s and ~300 MB of RSS at 1M users. The memory store
+        is one dict for all partitions: it is filtered and listed (a dict may
+        not change while it is iterated), so callers that delete filter by
+        partition themselves (``owned_by``).
+        """
         wanted = prefix.encode()
-        # Materialised first: deleting while iterating a store is not allowed.
+        event = current_event()
+        data: Any = self.table.data
+        if event is not None and hasattr(data, "_db_for_partition"):
+            db = data._db_for_partition(event.message.partition)
+            for key, value in db.items(from_key=wanted):
+                if not key.startswith(wanted):
+                    break
+                yield key.decode(), bytes(value)
+            return
         items = [(k, v) for k, v in self.table.items() if bytes(k).startswith(wanted)]
         for key, value in items:
             yield bytes(key).decode(), bytes(value)
