@@ -38,6 +38,7 @@ Money and decisions
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
@@ -87,6 +88,7 @@ __all__ = [
 ]
 
 SEP = "\x1f"
+log = logging.getLogger(__name__)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -667,6 +669,20 @@ def _save_budget(
         mark = {**(_load(store, key) or {}), "gone": seq, "at": at}
         store.put(key, canonical_json(mark))
     pending_count = extras["pending_count"] + len(new) - len(gone)
+    if pending_count < 0:
+        # Cannot happen if every write of the row reached the changelog in
+        # order; one rocksdb chaos run ended at -1. Said loudly, with what is
+        # needed to find the event that broke it.
+        log.error(
+            "campaign %s: pending reservation count went negative (%d) at seq %d "
+            "(previous count %d, new %s, gone %s)",
+            campaign_id,
+            pending_count,
+            seq,
+            extras["pending_count"],
+            sorted(new),
+            sorted(gone),
+        )
     state_dict["reservations"] = {}
     for event_id, spend in state_dict.pop("spend_events", {}).items():
         at = extras["wall_ms"] if extras["wall_ms"] is not None else spend.get("at", 0)

@@ -163,7 +163,10 @@ def test_money_stays_exact_through_sigkills_and_a_rebalance(
             for d in first.values()
             if d.campaign_id == cid and d.status == DecisionStatus.FILLED
         )
-        assert row["pending_count"] == 0 and row["reserved_total"] == 0, f"{cid} still reserves"
+        assert row["pending_count"] == 0 and row["reserved_total"] == 0, (
+            f"{cid} still reserves: pending_count {row['pending_count']}, reserved_total "
+            f"{row['reserved_total']}; {_negative_counts(stack)}"
+        )
         assert state["spent_total"] == filled_spend, cid
         assert state["spent_total"] <= budget_micros, cid
     users = asyncio.run(table_snapshot(stack.settings.bootstrap_servers, app_id, "frequency"))
@@ -175,6 +178,15 @@ def test_money_stays_exact_through_sigkills_and_a_rebalance(
     assert not pending, f"{len(pending)} users still hold cap reservations"
     dlq = asyncio.run(read_topic(stack.settings.bootstrap_servers, stack.names.dlq, timeout_s=5))
     assert not dlq, [m.value for m in dlq[:3]]
+
+
+def _negative_counts(stack: Stack) -> list[str]:
+    """The workers' log lines saying a pending count went negative (the event that did it)."""
+    lines = []
+    for log_path in sorted(stack.workdir.glob("*.log")):
+        text = log_path.read_text(errors="replace")
+        lines += [f"{log_path.name}: {ln}" for ln in text.splitlines() if "went negative" in ln]
+    return lines
 
 
 def assert_commits_catch_up(stack: Stack, timeout_s: float = 90) -> None:
