@@ -29,5 +29,15 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
+# All three benchmarks, full size. The edge benchmark's baseline (the seed's
+# design: counters in Redis) needs redis-server from Debian's packages.
+bench: setup
+	command -v redis-server >/dev/null || apt-get install -y -qq redis-server \
+		|| echo "redis-server could not be installed: bench_edge skips the seed column"
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m benchmarks.bench_resolve
+	$(BIN)/python -m benchmarks.bench_pipeline
+	$(BIN)/python -m benchmarks.bench_edge
+
 clean:
 	rm -rf $(VENV) .xsp .pytest_cache
