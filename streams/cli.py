@@ -32,6 +32,7 @@ from streams.kafka_local import (
     read_broker_info,
     stop_recorded,
 )
+from streams.local_state import DataDirInUse
 from streams.records import AdRequest, ContractError, encode
 from streams.settings import Settings, SettingsError
 
@@ -71,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args and args[0] == "worker" and "--help" not in args:
         # Faust creates only the last level of its data dir.
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if app.open_local_tables():
+        try:
+            discarded = app.open_local_tables()
+        except DataDirInUse as exc:
+            _fail(str(exc))
+        if discarded:
             click.echo(
                 "xsp: the last worker on this data dir did not shut down cleanly: "
                 "its table stores are rebuilt from the changelogs",

@@ -21,22 +21,55 @@ write it again counts as unclean.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from pathlib import Path
 
-__all__ = ["CLEAN_MARKER", "mark_clean_shutdown", "open_table_dir"]
+__all__ = ["CLEAN_MARKER", "DataDirInUse", "mark_clean_shutdown", "open_table_dir"]
 
 CLEAN_MARKER = "CLEAN_SHUTDOWN"
+
+
+class DataDirInUse(RuntimeError):
+    """Another running process holds a store in the directory (two workers, one data dir)."""
+
+
+def _held_by_another_process(lock_file: Path) -> bool:
+    # RocksDB holds an fcntl lock on <db>/LOCK while the database is open;
+    # such locks belong to a process, so this probe only sees other processes.
+    try:
+        fd = os.open(lock_file, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def open_table_dir(path: Path) -> bool:
     """Prepare ``path`` (a worker's table directory) for a new worker process.
 
-    Guarantees: afterwards ``path`` exists and has no clean-shutdown marker;
+    Guarantees: raises ``DataDirInUse`` and changes nothing if another
+    running process holds one of its stores; else afterwards ``path`` exists
+    and has no clean-shutdown marker;
     its previous contents are kept only if the marker was there (the last
     worker shut down cleanly), else they are deleted. Returns True if stores
     were discarded.
     """
+    busy = [lock.parent.name for lock in path.glob("*/LOCK") if _held_by_another_process(lock)]
+    if busy:
+        # Discarding (or sharing) a live worker's stores would corrupt them.
+        raise DataDirInUse(
+            f"{path} is in use by another running worker ({', '.join(sorted(busy))}); "
+            "give each worker its own XSP_DATA_DIR"
+        )
     marker = path / CLEAN_MARKER
     clean = marker.exists()
     discarded = False
