@@ -89,10 +89,10 @@ class Killer(threading.Thread):
 @pytest.mark.xfail(
     strict=False,
     reason="KNOWN FAILURE (issue 5 open): faust-streaming 0.15.3 loses messages across "
-    "rebalances. Session 4 (2026-12-01): memory:// at-least-once passed 4 of 5 runs (the "
-    "fifth left requests undecided); rocksdb:// at-least-once 2 of 4 after the clean-shutdown "
-    "rule (pending_count -1 once, 1,004 requests never admitted once); exactly_once 9,088 of "
-    "20,000 undecided "
+    "rebalances. Session 4 (2026-12-01): memory:// at-least-once passed 4 of 6 runs (two "
+    "left requests undecided, one with a pending count at -1); rocksdb:// at-least-once 3 of 5 "
+    "after the clean-shutdown rule (pending_count -1 once, 1,004 requests never admitted "
+    "once); exactly_once 9,088 of 20,000 undecided "
     "(ProducerFenced storm, 66 group generations).",
 )
 @pytest.mark.parametrize(

@@ -570,3 +570,20 @@ def test_pruning_forgets_old_records_only_in_the_ticks_partition() -> None:
     assert left == {k for k in records if partition(k) != 0}
     # Rows themselves are never pruned.
     assert all(f"u:user-{i}" in users.data for i in range(40))
+
+
+def test_a_pending_count_going_negative_is_logged_once_with_its_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    p = Pipeline(directory(campaign()))
+    p.request("r1", user="u1")
+    p.request("r2", user="u2", ts=T0 + 1)
+    # Corrupt the row as a lost changelog write would: it forgets both reservations.
+    row = json.loads(p.campaigns.data["c:c1"])
+    row["pending_count"] = 0
+    p.campaigns.data["c:c1"] = json.dumps(row).encode()
+    with caplog.at_level("ERROR", logger="streams.pipeline"):
+        p.resolve_all()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert "went negative (-1)" in errors[0] and "gone ['r1']" in errors[0]
