@@ -263,12 +263,12 @@ def prune_records(
     stale = []
     for prefix in ("r:", "s:", "p:"):
         for key, raw in store.scan(prefix):
-            if owns is not None and not owns(key):
-                continue
             value = json.loads(raw)
             if prefix == "p:" and "gone" not in value:
                 continue  # a pending reservation: expiry, not pruning, ends it
-            if value.get("at", 0) < cutoff:
+            # Ownership last: it hashes the key (murmur2 in Python), and only
+            # the few stale keys need it.
+            if value.get("at", 0) < cutoff and (owns is None or owns(key)):
                 stale.append(key)
     for key in stale:
         store.delete(key)
