@@ -99,3 +99,57 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def test_a_slow_ad_server_delays_only_its_own_requests(xsp_stack: Stack) -> None:
+    """Requests fetched while slow chains are in flight are resolved and sent at once.
+
+    The stage once resolved each fetched batch together and fetched nothing
+    more until all of it was sent: every request behind a slow ad server
+    waited for it.
+    """
+    xsp_stack.put_campaigns(
+        [
+            campaign(xsp_stack, "slow", vast_url=f"{xsp_stack.ad_server}/inline?delay_ms=1000"),
+            campaign(xsp_stack, "fast", vast_url=f"{xsp_stack.ad_server}/inline"),
+        ]
+    )
+    xsp_stack.start_worker()
+    now = int(time.time() * 1000)
+
+    def requests(cid: str) -> list[AdRequest]:
+        return [
+            AdRequest(
+                request_id=f"{cid}-{i}",
+                user_id=f"user-{cid}-{i}",
+                timestamp=now,
+                params={"campaign_id": cid},
+            )
+            for i in range(3)
+        ]
+
+    # Warm up: the worker is answering before the slow requests go out.
+    warm = AdRequest(
+        request_id="warm", user_id="user-warm", timestamp=now, params={"campaign_id": "fast"}
+    )
+    send_requests(xsp_stack, [warm])
+    await_decisions(xsp_stack, {"warm"}, timeout_s=90)
+    send_requests(xsp_stack, requests("slow"))
+    time.sleep(0.5)  # the slow chains are in flight now
+    send_requests(xsp_stack, requests("fast"))
+    ids = {r.request_id for r in requests("slow") + requests("fast")}
+    decisions = await_decisions(xsp_stack, ids, timeout_s=90)
+    assert all(decisions[rid][0].status == DecisionStatus.FILLED for rid in ids), decisions
+
+    log = asyncio.run(
+        read_topic(xsp_stack.settings.bootstrap_servers, xsp_stack.names.budget_requests)
+    )
+    recorded_at = {
+        r.request_id: m.timestamp
+        for m in log
+        if m.value and json.loads(m.value).get("kind") == "resolution"
+        for r in [decode(Resolution, m.value)]
+    }
+    first_slow = min(recorded_at[f"slow-{i}"] for i in range(3))
+    last_fast = max(recorded_at[f"fast-{i}"] for i in range(3))
+    assert last_fast < first_slow, (recorded_at, "fast chains waited for the slow ones")
