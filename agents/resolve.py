@@ -17,7 +17,7 @@ whose Resolution is not yet delivered — at least once, never lost (and not
 Faust's ``concurrency=N``, which can lose acks, faust-streaming#606).
 Resolving a fetched batch together and sending it whole held every request
 for the batch's slowest chain and left newly arrived requests unread
-meanwhile: at 100 requests/s the hop took p50 38–47 ms for chains that the
+meanwhile: at 100 requests/s the hop took p50 38-47 ms for chains that the
 ad server answers in 2 ms.
 """
 
@@ -45,6 +45,7 @@ __all__ = ["fetch_config", "register", "resolve_group"]
 log = logging.getLogger(__name__)
 STAGE = "resolve"
 COMMIT_EVERY_S = 0.2
+RESOLUTION_LINGER_MS = 5
 
 
 def fetch_config(settings: Settings) -> FetchConfig:
@@ -244,7 +245,10 @@ async def _run(app: XspApp) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
-        linger_ms=settings.producer_linger_ms,
+        # Resolutions finish one by one; a few ms of linger sends them in
+        # batches, which the budget agent then fetches together (measured:
+        # 1 ms cost ~1 ms more worker CPU per decision than batched sends).
+        linger_ms=max(settings.producer_linger_ms, RESOLUTION_LINGER_MS),
     )
     stage = _ResolveStage(app, consumer, producer)
     consumer.subscribe([names.resolve_requests], listener=_Revocations(stage))

@@ -49,6 +49,13 @@ class XspTables:
     frequency: TableT
     budget: TableT
 
+    def changelog_topics(self) -> list[str]:
+        """The changelog topic of each table (compacted, one partition per source partition)."""
+        return [
+            self.frequency.changelog_topic.get_topic_name(),
+            self.budget.changelog_topic.get_topic_name(),
+        ]
+
 
 class XspApp(faust.App):
     """A Faust app that carries its ``Settings`` and topics, and uses xsp's transport."""

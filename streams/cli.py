@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from streams.app import XspApp, create_app
-from streams.kafka_io import create_xsp_topics, produce
+from streams.kafka_io import create_topics, create_xsp_topics, produce
 from streams.kafka_local import (
     KafkaLaunchError,
     LocalKafka,
@@ -114,13 +114,24 @@ def _ensure_topics(app: XspApp) -> None:
 
     A topic that some client touched first would be auto-created by the
     broker with its default partition count, and tables need every source
-    topic to have ``XSP_PARTITIONS`` partitions (co-partitioning).
+    topic to have ``XSP_PARTITIONS`` partitions (co-partitioning). The
+    tables' changelogs are created here too, and waited for until they have
+    leaders: when Faust created them itself, the consumer's metadata could
+    still list a new changelog with 0 partitions as the first events
+    arrived, and Faust's partition check then failed the first table write
+    of the first worker of a deployment (a benchmark's warm-up request was
+    dead-lettered with ``PartitionsMismatch``).
     """
     settings = app.xsp_settings
     if broker_answers(settings.bootstrap_servers, timeout_s=5.0):
+        names = app.xsp_topics.names
+        changelogs = app.xsp_tables.changelog_topics()
         asyncio.run(
-            create_xsp_topics(
-                settings.bootstrap_servers, app.xsp_topics.names, partitions=settings.partitions
+            create_topics(
+                settings.bootstrap_servers,
+                [*names.all(), *changelogs],
+                partitions=settings.partitions,
+                compacted=names.compacted() | set(changelogs),
             )
         )
 

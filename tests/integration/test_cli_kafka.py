@@ -83,3 +83,46 @@ def test_demo_command_decides_everything_within_budget(tmp_path: Path) -> None:
     assert summary["by_status"]["filled"] > 0
     for campaign in summary["campaigns"]:
         assert campaign["spend_micros"] <= campaign["budget_micros"]
+
+
+def test_worker_start_creates_the_changelogs_before_faust_does(xsp_settings: Settings) -> None:
+    """Compacted, with every partition led, before the worker's consumer reads metadata."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from streams.app import create_app
+    from streams.cli import _ensure_topics
+
+    app = create_app(xsp_settings, register_agents=False)
+    changelogs = app.xsp_tables.changelog_topics()
+    assert changelogs == [
+        f"{xsp_settings.app_id}-frequency-changelog",
+        f"{xsp_settings.app_id}-budget-changelog",
+    ]
+    _ensure_topics(app)
+
+    async def describe() -> tuple[list[dict], list[object]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=xsp_settings.bootstrap_servers)
+        await admin.start()
+        try:
+            topics = await admin.describe_topics(changelogs)
+            configs = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name) for name in changelogs]
+            )
+            return topics, configs
+        finally:
+            await admin.close()
+
+    topics, configs = asyncio.run(describe())
+    for topic in topics:
+        assert topic["error_code"] == 0, topic
+        assert len(topic["partitions"]) == xsp_settings.partitions
+        assert all(p["leader"] >= 0 for p in topic["partitions"])
+    policies = {
+        resource[3]: value  # (error, message, type, name, entries)
+        for response in configs
+        for resource in response.resources  # type: ignore[attr-defined]
+        for name, value, *_ in resource[4]
+        if name == "cleanup.policy"
+    }
+    assert policies == dict.fromkeys(changelogs, "compact"), policies
