@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -93,9 +95,44 @@ async def _follow_decisions(
     if missing:
         logs = "\n".join(w.log_tail(20) for w in stack.workers)
         raise AssertionError(
-            f"{len(missing)} of {len(request_ids)} requests got no decision\n{logs}"
+            f"{len(missing)} of {len(request_ids)} requests got no decision; "
+            f"{await _whereabouts(stack, missing)}\n{logs}"
         )
     return found
+
+
+async def _whereabouts(stack: Stack, missing: set[str]) -> str:
+    """How far the undecided requests got: the last topology message seen for each, counted."""
+    bootstrap = stack.settings.bootstrap_servers
+    names = stack.names
+    last_seen: dict[str, str] = {}
+    for topic in (names.ad_requests, names.budget_requests, names.resolve_requests, names.dlq):
+        for message in await read_topic(bootstrap, topic, timeout_s=20):
+            try:
+                obj = json.loads(message.value or b"")
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            if topic == names.dlq:
+                try:
+                    inner = json.loads(base64.b64decode(obj.get("original_b64", "")))
+                except ValueError:
+                    continue
+                if not isinstance(inner, dict):
+                    continue
+                nested = inner.get("request") if isinstance(inner.get("request"), dict) else {}
+                rid = inner.get("request_id") or nested.get("request_id")
+                stage = f"dead-lettered by {obj.get('stage')}: {obj.get('reason', '')[:80]}"
+            else:
+                inner = obj.get("request") if isinstance(obj.get("request"), dict) else obj
+                rid = inner.get("request_id")
+                short = topic.removeprefix(stack.settings.topic_prefix)
+                stage = f"{short}:{obj.get('kind', 'ad_request')}"
+            if rid in missing:
+                last_seen[rid] = stage
+    counted = Counter(last_seen.get(rid, "never produced") for rid in missing)
+    return "last seen: " + "; ".join(f"{n} at {stage}" for stage, n in counted.most_common())
 
 
 def statuses(decisions: dict[str, list[Decision]]) -> dict[str, int]:

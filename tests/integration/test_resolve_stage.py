@@ -14,7 +14,7 @@ import time
 from streams.kafka_io import read_topic
 from streams.records import AdRequest, DecisionStatus, Resolution, decode
 from tests.conftest import Stack
-from tests.integration.test_money import await_decisions, campaign, send_requests
+from tests.integration.test_money import _whereabouts, await_decisions, campaign, send_requests
 
 ROUTES = {
     "chain-ok": ("/wrapper/2", DecisionStatus.FILLED, None),
@@ -69,6 +69,9 @@ def test_resolutions_are_recorded_and_decide_each_request(xsp_stack: Stack) -> N
     ]
     assert {r.request_id for r in recorded} == {r.request_id for r in requests}
     assert all(r.timings_ms.get("total", 0) > 0 for r in recorded)
+    # What a test that misses decisions reports about where they got to.
+    where = asyncio.run(_whereabouts(xsp_stack, {"chain-ok-0", "chain-ok-1", "never-sent"}))
+    assert where == "last seen: 2 at budget-requests:resolution; 1 at never produced", where
 
     # The worker's Prometheus endpoint counts the same outcomes.
     samples = scrape(f"{xsp_stack.worker_url(worker)}/metrics")
