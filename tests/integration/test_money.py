@@ -102,10 +102,12 @@ async def _follow_decisions(
 
 
 async def _whereabouts(stack: Stack, missing: set[str]) -> str:
-    """How far the undecided requests got: the last topology message seen for each, counted."""
+    """How far the undecided requests got: the furthest topology message seen for each, counted."""
     bootstrap = stack.settings.bootstrap_servers
     names = stack.names
-    last_seen: dict[str, str] = {}
+    # Pipeline order of the message kinds (a dead letter ends a request's way).
+    rank = {"ad_request": 0, "admitted": 1, "resolve": 2, "resolution": 3, "expire": 3}
+    last_seen: dict[str, tuple[int, str]] = {}
     for topic in (names.ad_requests, names.budget_requests, names.resolve_requests, names.dlq):
         for message in await read_topic(bootstrap, topic, timeout_s=20):
             try:
@@ -124,14 +126,17 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
                 nested = inner.get("request") if isinstance(inner.get("request"), dict) else {}
                 rid = inner.get("request_id") or nested.get("request_id")
                 stage = f"dead-lettered by {obj.get('stage')}: {obj.get('reason', '')[:80]}"
+                step = 9
             else:
                 inner = obj.get("request") if isinstance(obj.get("request"), dict) else obj
                 rid = inner.get("request_id")
                 short = topic.removeprefix(stack.settings.topic_prefix)
-                stage = f"{short}:{obj.get('kind', 'ad_request')}"
-            if rid in missing:
-                last_seen[rid] = stage
-    counted = Counter(last_seen.get(rid, "never produced") for rid in missing)
+                kind = obj.get("kind", "ad_request")
+                stage = f"{short}:{kind}"
+                step = rank.get(kind, 4)
+            if rid in missing and step >= last_seen.get(rid, (-1, ""))[0]:
+                last_seen[rid] = (step, stage)
+    counted = Counter(last_seen.get(rid, (0, "never produced"))[1] for rid in missing)
     return "last seen: " + "; ".join(f"{n} at {stage}" for stage, n in counted.most_common())
 
 

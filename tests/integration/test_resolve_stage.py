@@ -71,7 +71,7 @@ def test_resolutions_are_recorded_and_decide_each_request(xsp_stack: Stack) -> N
     assert all(r.timings_ms.get("total", 0) > 0 for r in recorded)
     # What a test that misses decisions reports about where they got to.
     where = asyncio.run(_whereabouts(xsp_stack, {"chain-ok-0", "chain-ok-1", "never-sent"}))
-    assert where == "last seen: 2 at budget-requests:resolution; 1 at never produced", where
+    assert where == "last seen: 2 at ad-requests:frequency_settle; 1 at never produced", where
 
     # The worker's Prometheus endpoint counts the same outcomes.
     samples = scrape(f"{xsp_stack.worker_url(worker)}/metrics")
