@@ -161,16 +161,7 @@ class _ResolveStage:
         try:
             request = decode(ResolveRequest, record.value or b"")
         except ContractError as exc:
-            letter = DeadLetter(
-                reason=str(exc),
-                stage=STAGE,
-                source_topic=record.topic,
-                source_partition=record.partition,
-                source_offset=record.offset,
-                original=record.value or b"",
-                original_key=record.key,
-                dead_at=record.timestamp,
-            )
+            letter = DeadLetter.of(record, stage=STAGE, reason=str(exc), dead_at=record.timestamp)
             await (await self.producer.send(names.dlq, key=record.key, value=encode(letter)))
             self.metrics.dead_letter(STAGE)
             self.in_flight.done(tp, record.offset)

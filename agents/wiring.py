@@ -170,16 +170,7 @@ async def dead_letter(app: XspApp, event: EventT, stage: str, reason: str) -> No
     if app.xsp_settings.replay_mode:
         return
     message: Any = event.message
-    letter = DeadLetter(
-        reason=reason,
-        stage=stage,
-        source_topic=message.topic,
-        source_partition=message.partition,
-        source_offset=message.offset,
-        original=message.value or b"",
-        original_key=message.key,
-        dead_at=int(time.time() * 1000),
-    )
+    letter = DeadLetter.of(message, stage=stage, reason=reason, dead_at=int(time.time() * 1000))
     log.info(
         "dead-lettered %s:%d@%d (%s): %s",
         message.topic,

@@ -255,8 +255,21 @@ def redis_server(workdir: Path) -> Iterator[tuple[str | None, str | None]]:
         return
     port = _free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--protected-mode", "yes"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--protected-mode",
+            "yes",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -319,13 +332,21 @@ async def warm_up(
 
 
 async def measure(
-    bootstrap: str, prefix: str, ad_server: str, redis_url: str | None, redis_why: str | None,
-    duration_s: float, cid: str, alive: Callable[[], bool],
+    bootstrap: str,
+    prefix: str,
+    ad_server: str,
+    redis_url: str | None,
+    redis_why: str | None,
+    duration_s: float,
+    cid: str,
+    alive: Callable[[], bool],
 ) -> tuple[list[Cell], dict[str, Any]]:
     """Every mode at every rate; returns the cells and the edge client's stats."""
     cells: list[Cell] = []
     config = EdgeConfig(
-        bootstrap_servers=bootstrap, topic_prefix=prefix, request_timeout_s=EDGE_TIMEOUT_S,
+        bootstrap_servers=bootstrap,
+        topic_prefix=prefix,
+        request_timeout_s=EDGE_TIMEOUT_S,
         delete_reply_topic_on_close=True,
     )
     async with EdgeClient(config) as edge:
@@ -412,20 +433,34 @@ def run(duration_s: float) -> dict[str, Any]:
                 log_level="warn",
             )
             names = TopicNames.from_prefix(settings.topic_prefix)
-            asyncio.run(create_xsp_topics(info.bootstrap_servers, names,
-                                          partitions=settings.partitions))
+            asyncio.run(
+                create_xsp_topics(info.bootstrap_servers, names, partitions=settings.partitions)
+            )
             cid = f"bench-{unique}"
-            asyncio.run(put_campaigns(info.bootstrap_servers, names,
-                                      json.dumps([bench_campaign(cid, ad.base_url)]).encode()))
+            asyncio.run(
+                put_campaigns(
+                    info.bootstrap_servers,
+                    names,
+                    json.dumps([bench_campaign(cid, ad.base_url)]).encode(),
+                )
+            )
             worker = WorkerProcess(settings, workdir / "worker.log").start()
             with redis_server(workdir) as (redis_url, why):
                 if why:
                     _progress(f"seed-redis column skipped: {why}")
                 try:
-                    cells, stats = asyncio.run(measure(
-                        info.bootstrap_servers, settings.topic_prefix, ad.base_url, redis_url,
-                        why, duration_s, cid, lambda: worker is not None and worker.alive,
-                    ))
+                    cells, stats = asyncio.run(
+                        measure(
+                            info.bootstrap_servers,
+                            settings.topic_prefix,
+                            ad.base_url,
+                            redis_url,
+                            why,
+                            duration_s,
+                            cid,
+                            lambda: worker is not None and worker.alive,
+                        )
+                    )
                 except Exception:
                     _progress("worker log tail:\n" + worker.log_tail())
                     raise
@@ -443,8 +478,11 @@ def run(duration_s: float) -> dict[str, Any]:
         "chain": CHAIN,
         "duration_s_per_cell": duration_s,
         "edge_timeout_s": EDGE_TIMEOUT_S,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "cells": [asdict(c) for c in cells],
         "overhead_ms": over,
         "edge_stats": stats,
@@ -473,10 +511,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(cells, report["overhead_ms"]))
     t = report["target"]
     verdict = "MET" if t["met"] else "NOT MET"
-    print(f"\ntarget: {t['what']} <= {t['limit_ms']:g} ms: measured {t['measured_ms']} ms: "
-          f"{verdict}")
-    print(f"(+p50/+p99 = minus the ad server's own p50/p99 at the same rate; "
-          f"{report['machine']['cpus']} CPUs; whole run {report['wall_s']} s)")
+    print(
+        f"\ntarget: {t['what']} <= {t['limit_ms']:g} ms: measured {t['measured_ms']} ms: {verdict}"
+    )
+    print(
+        f"(+p50/+p99 = minus the ad server's own p50/p99 at the same rate; "
+        f"{report['machine']['cpus']} CPUs; whole run {report['wall_s']} s)"
+    )
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(report, indent=2, sort_keys=True))
         print(f"wrote {args.json_out}")

@@ -574,8 +574,19 @@ def _start_profiler(pid: int, path: Path | None) -> subprocess.Popen[bytes] | No
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--nonblocking",
-         "--output", str(path)],
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(path),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -621,8 +632,17 @@ async def bench_peak_and_latency(
         # ---- peak: a pilot burst sizes the main one, so a slow worker cannot eat the run
         match = _run_topics(settings.topic_prefix, settings.app_id)
         pilot = await _burst(
-            bootstrap, producer, watcher, worker, names, match, pids, plan,
-            prefix="pilot", n=plan.pilot_n, profile=None,
+            bootstrap,
+            producer,
+            watcher,
+            worker,
+            names,
+            match,
+            pids,
+            plan,
+            prefix="pilot",
+            n=plan.pilot_n,
+            profile=None,
         )
         out["pilot"] = pilot
         n_main = int(pilot["decisions_per_s"] * plan.peak_target_s) // 1000 * 1000
@@ -630,8 +650,17 @@ async def bench_peak_and_latency(
         _log(f"pilot: {pilot['decisions_per_s']:.0f} decisions/s; main burst {n_main}")
         await asyncio.sleep(2.0)
         out["peak"] = await _burst(
-            bootstrap, producer, watcher, worker, names, match, pids, plan,
-            prefix="p", n=n_main, profile=profile,
+            bootstrap,
+            producer,
+            watcher,
+            worker,
+            names,
+            match,
+            pids,
+            plan,
+            prefix="p",
+            n=n_main,
+            profile=profile,
         )
         out["peak"]["store"] = settings.store
         dps = out["peak"]["decisions_per_s"]
@@ -850,17 +879,14 @@ class SeedRows:
             "settle": ts + _SETTLE_DELAY_MS,
         }
         return [
-            (k.format(**values).encode(), v.format(**values).encode())
-            for k, v in self.templates
+            (k.format(**values).encode(), v.format(**values).encode()) for k, v in self.templates
         ]
 
     def verify(self, indices: Iterable[int]) -> int:
         """Run the handlers for ``indices``; raise unless the template wrote the same bytes."""
         checked = 0
         for i in indices:
-            expected = _user_rows(
-                self.view, self.config, self.user(i), f"m-{i}", self.base_ms + i
-            )
+            expected = _user_rows(self.view, self.config, self.user(i), f"m-{i}", self.base_ms + i)
             got = {k.decode(): v for k, v in self.rows(i)}
             if got != expected:
                 raise RuntimeError(f"seed template differs from the handlers for user {i}")
@@ -1012,8 +1038,10 @@ async def bench_memory_and_recovery(
     step = max(1, users // 1000)
     verified = seed.verify([*range(0, users, step), users - 1])
     changelog = changelog_topic(settings.app_id, "frequency")
-    _log(f"memory: seeding {users:,} users ({len(seed.templates)} rows each, template checked "
-         f"against the handlers for {verified}) into {changelog}")
+    _log(
+        f"memory: seeding {users:,} users ({len(seed.templates)} rows each, template checked "
+        f"against the handlers for {verified}) into {changelog}"
+    )
     seeded = await _seed_changelog(bootstrap, changelog, settings.partitions, seed, users)
     _log(f"memory: {seeded['records']:,} records produced in {seeded['produce_s']:.1f} s")
     out: dict[str, Any] = {
@@ -1051,8 +1079,10 @@ async def bench_memory_and_recovery(
             marks = _recovery_marks(worker.log_path, wall0)
             if time.monotonic() - last_report > 30:
                 last_report = time.monotonic()
-                _log(f"memory: restoring, {_remaining_records(worker.log_path, wall0)} records "
-                     f"remaining, RSS {samples[-1][1] if samples else float('nan'):.0f} MB")
+                _log(
+                    f"memory: restoring, {_remaining_records(worker.log_path, wall0)} records "
+                    f"remaining, RSS {samples[-1][1] if samples else float('nan'):.0f} MB"
+                )
         rel = {k: v - wall0 for k, v in marks.items()}
         complete = "done_reading" in marks and "restoring" in marks
         rss_after = proc_rss_mb(wpid)
@@ -1101,7 +1131,8 @@ async def bench_memory_and_recovery(
         hwm = _proc_status_mb(wpid, "VmHWM")
         sampler.cancel()
         restoring = [
-            mb for t, mb in samples
+            mb
+            for t, mb in samples
             if start_rel is not None and start_rel <= t <= rel.get("done_reading", float("inf"))
         ]
         out["rss"] = {
@@ -1112,8 +1143,10 @@ async def bench_memory_and_recovery(
             "peak_hwm_mb": hwm,
             "timeline": [(round(t, 1), round(mb)) for t, mb in samples[::4]],
         }
-        _log(f"memory: RSS {out['rss']['after_restore_mb']:.0f} MB after restore, "
-             f"{_fmt(rss_settled)} MB after the first pruning tick, peak {hwm:.0f} MB; SIGKILL")
+        _log(
+            f"memory: RSS {out['rss']['after_restore_mb']:.0f} MB after restore, "
+            f"{_fmt(rss_settled)} MB after the first pruning tick, peak {hwm:.0f} MB; SIGKILL"
+        )
         worker.kill()
     finally:
         if sampler is not None:
@@ -1238,8 +1271,10 @@ def render(r: dict[str, Any]) -> str:
         "            CPU ms/decision by process: "
         + ", ".join(f"{k} {val:.2f}" for k, val in sorted(by_proc.items()))
     )
-    lines.append(f"            statuses {peak.get('statuses')}; worker RSS "
-                 f"{_fmt(peak.get('worker_rss_mb'))} MB")
+    lines.append(
+        f"            statuses {peak.get('statuses')}; worker RSS "
+        f"{_fmt(peak.get('worker_rss_mb'))} MB"
+    )
     lines.append(
         f"3. latency   at {_fmt(lat.get('rate'))} req/s (50 % of peak) for "
         f"{_fmt(lat.get('duration_s'))} s: request->decision p50 {_fmt(lat.get('p50_ms'))} ms, "
@@ -1361,16 +1396,33 @@ def main(argv: list[str] | None = None) -> int:
     """Run every phase; print the table and the verdicts; write the JSON."""
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller run (about 2 minutes)")
-    ap.add_argument("--json-out", type=Path, default=None,
-                    help="where to write the JSON (default bench-results/bench_pipeline*.json)")
-    ap.add_argument("--store", choices=("memory", "rocksdb"), default="memory",
-                    help="table store of the peak/latency worker (memory phase is rocksdb)")
-    ap.add_argument("--only", choices=("memory",), default=None,
-                    help="run only this phase (memory = phases 4 and 5), to iterate on it")
-    ap.add_argument("--keep", action="store_true",
-                    help="keep the temporary folder (worker and broker logs)")
-    ap.add_argument("--profile", type=Path, default=None,
-                    help="py-spy raw profile of the worker during the main burst (if installed)")
+    ap.add_argument(
+        "--json-out",
+        type=Path,
+        default=None,
+        help="where to write the JSON (default bench-results/bench_pipeline*.json)",
+    )
+    ap.add_argument(
+        "--store",
+        choices=("memory", "rocksdb"),
+        default="memory",
+        help="table store of the peak/latency worker (memory phase is rocksdb)",
+    )
+    ap.add_argument(
+        "--only",
+        choices=("memory",),
+        default=None,
+        help="run only this phase (memory = phases 4 and 5), to iterate on it",
+    )
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (worker and broker logs)"
+    )
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy raw profile of the worker during the main burst (if installed)",
+    )
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     json_out = args.json_out or ROOT / "bench-results" / (
@@ -1416,9 +1468,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.only is None:
             _log(f"ceiling: raw aiokafka loop over {plan.ceiling_n} messages")
-            result["ceiling"] = asyncio.run(
-                bench_ceiling(bootstrap, f"raw{run}.", plan.ceiling_n)
-            )
+            result["ceiling"] = asyncio.run(bench_ceiling(bootstrap, f"raw{run}.", plan.ceiling_n))
             _log(f"ceiling: {result['ceiling']['msgs_per_s']:.0f} msgs/s")
             peak_settings = base.with_overrides(
                 app_id=f"bench-{run}",
@@ -1429,8 +1479,14 @@ def main(argv: list[str] | None = None) -> int:
             result.update(
                 asyncio.run(
                     bench_peak_and_latency(
-                        bootstrap, peak_settings, workdir / "peak-worker.log", mock.base_url,
-                        pids, plan, cleanup, args.profile,
+                        bootstrap,
+                        peak_settings,
+                        workdir / "peak-worker.log",
+                        mock.base_url,
+                        pids,
+                        plan,
+                        cleanup,
+                        args.profile,
                     )
                 )
             )

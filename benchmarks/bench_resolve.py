@@ -53,8 +53,7 @@ from streams.vast.resolver import resolve_chain
 CONCURRENCY = (1, 16, 64, 256)
 CHAINS = {"1-hop": "/wrapper/0", "3-hop": "/wrapper/2"}
 MODES = ("httpx-default", "httpx-aiohttp", "xsp-aiohttp", "raw-aiohttp")
-TRANSPORT = {"httpx-default": "httpx", "httpx-aiohttp": "httpx-aiohttp",
-             "xsp-aiohttp": "aiohttp"}
+TRANSPORT = {"httpx-default": "httpx", "httpx-aiohttp": "httpx-aiohttp", "xsp-aiohttp": "aiohttp"}
 TARGET_CELL = ("3-hop", 64)
 TARGET_HTTP = 0.40  # ours >= 40 % of the raw-aiohttp ceiling
 TARGET_PARSE = 2.0  # parse_vast <= 2x lxml.etree.fromstring
@@ -70,10 +69,15 @@ def _free_port() -> int:
 
 def _start_server() -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    code = ("from streams.mock_adserver import run_mock_adserver; "
-            f"run_mock_adserver('127.0.0.1', {port})")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL,
-                            cwd=str(Path(__file__).resolve().parent.parent))
+    code = (
+        "from streams.mock_adserver import run_mock_adserver; "
+        f"run_mock_adserver('127.0.0.1', {port})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stderr=subprocess.DEVNULL,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -145,10 +149,16 @@ def _ops(base: str, clients: dict[str, Any]) -> dict[tuple[str, str], Op]:
     return ops
 
 
-async def _bench_http(base: str, duration: float, reps: int, pairs: int,
-                      pair_s: float) -> dict[str, Any]:
-    cfg = {"allowed_networks": ("127.0.0.1/32",), "pool_size": 512, "total_timeout_s": 10.0,
-           "per_hop_timeout_s": 10.0, "pool_timeout_s": 10.0}
+async def _bench_http(
+    base: str, duration: float, reps: int, pairs: int, pair_s: float
+) -> dict[str, Any]:
+    cfg = {
+        "allowed_networks": ("127.0.0.1/32",),
+        "pool_size": 512,
+        "total_timeout_s": 10.0,
+        "per_hop_timeout_s": 10.0,
+        "pool_timeout_s": 10.0,
+    }
     clients: dict[str, Any] = {
         m: VastHttpClient(FetchConfig(transport=t, **cfg))  # type: ignore[arg-type]
         for m, t in TRANSPORT.items()
@@ -165,7 +175,7 @@ async def _bench_http(base: str, duration: float, reps: int, pairs: int,
         for rep in range(reps):
             for chain in CHAINS:
                 for c in CONCURRENCY:
-                    order = MODES[turn % len(MODES):] + MODES[:turn % len(MODES)]
+                    order = MODES[turn % len(MODES) :] + MODES[: turn % len(MODES)]
                     turn += 1
                     for mode in order:
                         op = ops[(mode, chain)]
@@ -173,9 +183,13 @@ async def _bench_http(base: str, duration: float, reps: int, pairs: int,
                         res = await _load(op, c, duration)
                         res.update(mode=mode, chain=chain, concurrency=c, rep=rep)
                         samples.append(res)
-                        print(f"  rep {rep} {mode:14s} {chain} c={c:<4d} {res['rps']:8.0f}/s "
-                              f"p50 {res['p50_ms']:7.1f} ms p99 {res['p99_ms']:7.1f} ms "
-                              f"err {res['errors']}", file=sys.stderr, flush=True)
+                        print(
+                            f"  rep {rep} {mode:14s} {chain} c={c:<4d} {res['rps']:8.0f}/s "
+                            f"p50 {res['p50_ms']:7.1f} ms p99 {res['p99_ms']:7.1f} ms "
+                            f"err {res['errors']}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
         # The target cell once more, as adjacent short (raw, ours) pairs: on a
         # shared machine load comes and goes within seconds, so a ratio from
         # two measurements taken back to back is the stable statistic.
@@ -188,9 +202,12 @@ async def _bench_http(base: str, duration: float, reps: int, pairs: int,
                 got[mode] = await _load(ops[(mode, chain)], c, pair_s)
             pair_ratios.append(got["xsp-aiohttp"]["rps"] / got["raw-aiohttp"]["rps"])
             pair_rps.append((got["raw-aiohttp"]["rps"], got["xsp-aiohttp"]["rps"]))
-            print(f"  pair {i} {chain} c={c}: raw {got['raw-aiohttp']['rps']:.0f}/s ours "
-                  f"{got['xsp-aiohttp']['rps']:.0f}/s ratio {pair_ratios[-1]:.2f}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  pair {i} {chain} c={c}: raw {got['raw-aiohttp']['rps']:.0f}/s ours "
+                f"{got['xsp-aiohttp']['rps']:.0f}/s ratio {pair_ratios[-1]:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         for cl in clients.values():
             await (cl.close() if isinstance(cl, aiohttp.ClientSession) else cl.aclose())
@@ -198,17 +215,31 @@ async def _bench_http(base: str, duration: float, reps: int, pairs: int,
     for mode in MODES:
         for chain in CHAINS:
             for c in CONCURRENCY:
-                ss = [s for s in samples
-                      if s["mode"] == mode and s["chain"] == chain and s["concurrency"] == c]
+                ss = [
+                    s
+                    for s in samples
+                    if s["mode"] == mode and s["chain"] == chain and s["concurrency"] == c
+                ]
                 ss.sort(key=lambda s: s["rps"])
                 med = ss[(len(ss) - 1) // 2]  # the median repetition (lower one if even)
-                cells.append({"mode": mode, "chain": chain, "concurrency": c,
-                              "rps": statistics.median(s["rps"] for s in ss),
-                              "p50_ms": med["p50_ms"], "p99_ms": med["p99_ms"],
-                              "rps_samples": [s["rps"] for s in ss],
-                              "errors": sum(s["errors"] for s in ss)})
-    return {"samples": samples, "cells": cells, "target_pair_ratios": pair_ratios,
-            "target_pair_rps": pair_rps}
+                cells.append(
+                    {
+                        "mode": mode,
+                        "chain": chain,
+                        "concurrency": c,
+                        "rps": statistics.median(s["rps"] for s in ss),
+                        "p50_ms": med["p50_ms"],
+                        "p99_ms": med["p99_ms"],
+                        "rps_samples": [s["rps"] for s in ss],
+                        "errors": sum(s["errors"] for s in ss),
+                    }
+                )
+    return {
+        "samples": samples,
+        "cells": cells,
+        "target_pair_ratios": pair_ratios,
+        "target_pair_rps": pair_rps,
+    }
 
 
 def _rep_ratios(samples: list[dict[str, Any]], mode: str) -> list[float]:
@@ -217,8 +248,7 @@ def _rep_ratios(samples: list[dict[str, Any]], mode: str) -> list[float]:
     for s in samples:
         if s["chain"] == chain and s["concurrency"] == c:
             by_rep.setdefault(s["rep"], {})[s["mode"]] = s["rps"]
-    return [r[mode] / r["raw-aiohttp"] for _, r in sorted(by_rep.items())
-            if r.get("raw-aiohttp")]
+    return [r[mode] / r["raw-aiohttp"] for _, r in sorted(by_rep.items()) if r.get("raw-aiohttp")]
 
 
 def _bench_parse(quick: bool) -> dict[str, Any]:
@@ -251,11 +281,16 @@ def _bench_parse(quick: bool) -> dict[str, Any]:
         raw.append(r)
         ours.append(o)
         ratios.append(o / r)
-    return {"docs": len(datas), "rounds": len(ratios),
-            "raw_lxml_us": statistics.median(raw), "parse_vast_us": statistics.median(ours),
-            "ratio": statistics.median(ratios), "ratio_of_mins": min(ours) / min(raw),
-            "ratio_p10": statistics.quantiles(ratios, n=10)[0],
-            "ratio_p90": statistics.quantiles(ratios, n=10)[-1]}
+    return {
+        "docs": len(datas),
+        "rounds": len(ratios),
+        "raw_lxml_us": statistics.median(raw),
+        "parse_vast_us": statistics.median(ours),
+        "ratio": statistics.median(ratios),
+        "ratio_of_mins": min(ours) / min(raw),
+        "ratio_p10": statistics.quantiles(ratios, n=10)[0],
+        "ratio_p90": statistics.quantiles(ratios, n=10)[-1],
+    }
 
 
 def _loadavg() -> list[float] | None:
@@ -285,15 +320,18 @@ def main(argv: list[str] | None = None) -> int:
     cells = http["cells"]
 
     def cell(mode: str, chain: str, c: int) -> dict[str, Any]:
-        return next(x for x in cells
-                    if x["mode"] == mode and x["chain"] == chain and x["concurrency"] == c)
+        return next(
+            x for x in cells if x["mode"] == mode and x["chain"] == chain and x["concurrency"] == c
+        )
 
     print(f"\n{'mode':15s}{'chain':7s}" + "".join(f"{'c=' + str(c):>24s}" for c in CONCURRENCY))
     for mode in MODES:
         for chain in CHAINS:
             row = [cell(mode, chain, c) for c in CONCURRENCY]
-            print(f"{mode:15s}{chain:7s}" + "".join(
-                f"{r['rps']:8.0f}/s {r['p50_ms']:6.1f}/{r['p99_ms']:6.1f}ms" for r in row))
+            print(
+                f"{mode:15s}{chain:7s}"
+                + "".join(f"{r['rps']:8.0f}/s {r['p50_ms']:6.1f}/{r['p99_ms']:6.1f}ms" for r in row)
+            )
     print(f"(cells: median of {reps} repetitions x {duration:.2f} s: resolutions/s, p50/p99)")
 
     ratios = {m: _rep_ratios(http["samples"], m) for m in MODES if m != "raw-aiohttp"}
@@ -308,53 +346,81 @@ def main(argv: list[str] | None = None) -> int:
     chain, c = TARGET_CELL
     targets: dict[str, Any] = {
         "http_3hop_c64": {
-            "ratio": http_ratio, "best_ours_rps": best_ours, "best_raw_rps": best_raw,
-            "median_pair_ratio": statistics.median(pair_ratios), "pair_ratios": pair_ratios,
+            "ratio": http_ratio,
+            "best_ours_rps": best_ours,
+            "best_raw_rps": best_raw,
+            "median_pair_ratio": statistics.median(pair_ratios),
+            "pair_ratios": pair_ratios,
             "table_rep_ratios": ratios["xsp-aiohttp"],
-            "threshold": TARGET_HTTP, "met": http_ratio >= TARGET_HTTP,
+            "threshold": TARGET_HTTP,
+            "met": http_ratio >= TARGET_HTTP,
             "ours_rps": cell("xsp-aiohttp", chain, c)["rps"],
             "raw_rps": cell("raw-aiohttp", chain, c)["rps"],
-            "other_modes_vs_raw": {m: statistics.median(v) for m, v in ratios.items()
-                                   if m != "xsp-aiohttp"},
+            "other_modes_vs_raw": {
+                m: statistics.median(v) for m, v in ratios.items() if m != "xsp-aiohttp"
+            },
         },
     }
     if "ratio" in parse:
         # Verdict on best times (min per side), the least-disturbed measurement;
         # the median per-pair ratio is printed alongside.
-        targets["parse"] = {"ratio": parse["ratio_of_mins"],
-                            "median_pair_ratio": parse["ratio"], "threshold": TARGET_PARSE,
-                            "met": parse["ratio_of_mins"] <= TARGET_PARSE}
-        print(f"parse: parse_vast {parse['parse_vast_us']:.1f} µs/doc vs lxml.etree.fromstring "
-              f"{parse['raw_lxml_us']:.1f} µs/doc (medians) over {parse['docs']} docs; per-pair "
-              f"ratio median {parse['ratio']:.2f}x (p10 {parse['ratio_p10']:.2f}, p90 "
-              f"{parse['ratio_p90']:.2f}, {parse['rounds']} pairs); ratio of best times "
-              f"{parse['ratio_of_mins']:.2f}x")
+        targets["parse"] = {
+            "ratio": parse["ratio_of_mins"],
+            "median_pair_ratio": parse["ratio"],
+            "threshold": TARGET_PARSE,
+            "met": parse["ratio_of_mins"] <= TARGET_PARSE,
+        }
+        print(
+            f"parse: parse_vast {parse['parse_vast_us']:.1f} µs/doc vs lxml.etree.fromstring "
+            f"{parse['raw_lxml_us']:.1f} µs/doc (medians) over {parse['docs']} docs; per-pair "
+            f"ratio median {parse['ratio']:.2f}x (p10 {parse['ratio_p10']:.2f}, p90 "
+            f"{parse['ratio_p90']:.2f}, {parse['rounds']} pairs); ratio of best times "
+            f"{parse['ratio_of_mins']:.2f}x"
+        )
     else:
         print(f"parse: skipped ({parse.get('skipped')})")
     t = targets["http_3hop_c64"]
-    print(f"TARGET 3-hop c=64 >= {TARGET_HTTP:.0%} of raw-aiohttp: "
-          f"{'MET' if t['met'] else 'NOT MET'} ({t['ratio']:.2f}x = best {best_ours:.0f}/s vs "
-          f"best {best_raw:.0f}/s over {len(pair_ratios)} back-to-back pairs; pair ratios "
-          + ", ".join(f"{r:.2f}" for r in pair_ratios)
-          + "; table repetitions: " + ", ".join(f"{r:.2f}" for r in t["table_rep_ratios"])
-          + "; httpx modes: "
-          + ", ".join(f"{m} {v:.2f}x" for m, v in t["other_modes_vs_raw"].items()) + ")")
+    print(
+        f"TARGET 3-hop c=64 >= {TARGET_HTTP:.0%} of raw-aiohttp: "
+        f"{'MET' if t['met'] else 'NOT MET'} ({t['ratio']:.2f}x = best {best_ours:.0f}/s vs "
+        f"best {best_raw:.0f}/s over {len(pair_ratios)} back-to-back pairs; pair ratios "
+        + ", ".join(f"{r:.2f}" for r in pair_ratios)
+        + "; table repetitions: "
+        + ", ".join(f"{r:.2f}" for r in t["table_rep_ratios"])
+        + "; httpx modes: "
+        + ", ".join(f"{m} {v:.2f}x" for m, v in t["other_modes_vs_raw"].items())
+        + ")"
+    )
     if "parse" in targets:
         p = targets["parse"]
-        print(f"TARGET parse <= {TARGET_PARSE:.1f}x lxml: {'MET' if p['met'] else 'NOT MET'} "
-              f"({p['ratio']:.2f}x)")
+        print(
+            f"TARGET parse <= {TARGET_PARSE:.1f}x lxml: {'MET' if p['met'] else 'NOT MET'} "
+            f"({p['ratio']:.2f}x)"
+        )
     load_after = _loadavg()
     busy = [x for x in (load_before, load_after) if x and x[0] > 0.5 * (os.cpu_count() or 1)]
     if busy:
-        print("WARNING: other processes were using the CPUs during the run (load average "
-              "above half the CPU count); absolute numbers and ratios are disturbed, "
-              "re-run on a quiet machine for a firm verdict.")
-    print(f"(cpus {os.cpu_count()}, load average before {load_before}, after {load_after}; "
-          f"{time.perf_counter() - t_start:.0f} s)")
-    out = {"quick": args.quick, "duration_s": duration, "reps": reps, "cpus": os.cpu_count(),
-           "loadavg_before": load_before, "loadavg_after": load_after,
-           "wall_s": time.perf_counter() - t_start, "http": http, "parse": parse,
-           "targets": targets}
+        print(
+            "WARNING: other processes were using the CPUs during the run (load average "
+            "above half the CPU count); absolute numbers and ratios are disturbed, "
+            "re-run on a quiet machine for a firm verdict."
+        )
+    print(
+        f"(cpus {os.cpu_count()}, load average before {load_before}, after {load_after}; "
+        f"{time.perf_counter() - t_start:.0f} s)"
+    )
+    out = {
+        "quick": args.quick,
+        "duration_s": duration,
+        "reps": reps,
+        "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "wall_s": time.perf_counter() - t_start,
+        "http": http,
+        "parse": parse,
+        "targets": targets,
+    }
     if args.json_out:
         args.json_out.write_text(json.dumps(out, indent=2))
     return 0

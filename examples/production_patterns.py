@@ -133,9 +133,11 @@ class MetricsCollector:
     def summary(self) -> str:
         """One line: counts, mean latency and decisions by status."""
         mean_ms = 1000 * self.total_latency / max(self.request_count + self.error_count, 1)
-        return (f"requests={self.request_count} errors={self.error_count} "
-                f"fallbacks={self.fallback_count} mean_latency={mean_ms:.1f} ms "
-                f"statuses={dict(self.statuses)}")
+        return (
+            f"requests={self.request_count} errors={self.error_count} "
+            f"fallbacks={self.fallback_count} mean_latency={mean_ms:.1f} ms "
+            f"statuses={dict(self.statuses)}"
+        )
 
 
 async def serve_with_timeout_handling(
@@ -207,7 +209,7 @@ class Result:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-FALLBACK = "<VAST version=\"4.2\"/><!-- house fallback -->"
+FALLBACK = '<VAST version="4.2"/><!-- house fallback -->'
 
 
 async def _house_fallback() -> str:
@@ -220,10 +222,13 @@ async def run(
     """Exercise every pattern once against two fresh campaigns (fast and 5 s slow)."""
     suffix = suffix or run_suffix()
     cid, slow = f"ex5-patterns-{suffix}", f"ex5-slow-{suffix}"
-    await setup_campaigns(edge, [
-        campaign(cid, f"{ad_server}/inline"),
-        campaign(slow, f"{ad_server}/inline?delay_ms=5000"),
-    ])
+    await setup_campaigns(
+        edge,
+        [
+            campaign(cid, f"{ad_server}/inline"),
+            campaign(slow, f"{ad_server}/inline?delay_ms=5000"),
+        ],
+    )
     result = Result(cid, slow)
     params = {"slot": "pre-roll", "campaign_id": cid}
 
@@ -246,8 +251,10 @@ async def run(
         )
         assert session.last_decision is not None
         result.timeout_status = session.last_decision.status.value
-        print(f"   -> {short(result.timeout_result, 60)} after {time.monotonic() - started:.2f} s "
-              f"(status={result.timeout_status}: {session.last_decision.reason})")
+        print(
+            f"   -> {short(result.timeout_result, 60)} after {time.monotonic() - started:.2f} s "
+            f"(status={result.timeout_status}: {session.last_decision.reason})"
+        )
 
     print("4. fail open when the advisory read fails")
     user = f"viewer-{uuid.uuid4().hex[:8]}"
@@ -265,8 +272,10 @@ async def run(
     print(f"   -> acknowledged events {result.spend_event_ids} (applied once by the pipeline)")
 
     result.stats = edge.stats()
-    print(f"edge.stats(): decisions={result.stats['decisions']} "
-          f"latency_ms={result.stats['latency_ms']} timeouts={result.stats['timeouts']}")
+    print(
+        f"edge.stats(): decisions={result.stats['decisions']} "
+        f"latency_ms={result.stats['latency_ms']} timeouts={result.stats['timeouts']}"
+    )
     return result
 
 

@@ -70,8 +70,10 @@ async def run(edge: EdgeClient, ad_server: str, *, suffix: str | None = None) ->
     print(f"campaign {cid}, user {user_id}")
     print(f"request(params={{'slot': 'pre-roll'}}) -> {short(xml)}")
     if decision is not None:
-        print(f"decision: status={decision.status.value} hops={decision.hops} "
-              f"spend={decision.spend_micros / 1e6:g} {decision.reason}".rstrip())
+        print(
+            f"decision: status={decision.status.value} hops={decision.hops} "
+            f"spend={decision.spend_micros / 1e6:g} {decision.reason}".rstrip()
+        )
     return Result(cid, user_id, xml, decision)
 
 

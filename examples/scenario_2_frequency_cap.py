@@ -86,8 +86,10 @@ async def run(
         assert decision is not None
         result.unchecked_status = decision.status.value
         result.unchecked_reason = decision.reason
-        print(f"request {attempts + 1} without the advisory check -> {short(ad, 60)}: "
-              f"status={decision.status.value} ({decision.reason})")
+        print(
+            f"request {attempts + 1} without the advisory check -> {short(ad, 60)}: "
+            f"status={decision.status.value} ({decision.reason})"
+        )
     return result
 
 

@@ -88,12 +88,16 @@ async def run(
         decision = session.last_decision
         assert decision is not None
         result.unchecked_status = decision.status.value
-        print(f"request without the advisory check: status={decision.status.value} "
-              f"({decision.reason})")
+        print(
+            f"request without the advisory check: status={decision.status.value} "
+            f"({decision.reason})"
+        )
         result.remaining_after = await session.get_budget(cid)
         result.spent_after = await session.get_spend(cid)
-    print(f"get_budget -> {result.remaining_after:.2f} remaining; "
-          f"get_spend -> {result.spent_after:.2f} spent")
+    print(
+        f"get_budget -> {result.remaining_after:.2f} remaining; "
+        f"get_spend -> {result.spent_after:.2f} spent"
+    )
     return result
 
 

@@ -69,11 +69,15 @@ async def run(edge: EdgeClient, ad_server: str, *, suffix: str | None = None) ->
     print(f"campaign {cid}: {ad_server}/wrapper/{WRAPPERS} ({WRAPPERS} wrappers, then inline)")
     print(f"request() -> {short(xml)}")
     if decision is not None:
-        print(f"decision: status={decision.status.value} hops={decision.hops} "
-              f"timings_ms={decision.timings_ms}")
+        print(
+            f"decision: status={decision.status.value} hops={decision.hops} "
+            f"timings_ms={decision.timings_ms}"
+        )
         if decision.ad is not None:
-            print(f"ad {decision.ad.ad_id}: {len(decision.ad.impression_urls)} impression URLs "
-                  "(the inline's plus every wrapper's)")
+            print(
+                f"ad {decision.ad.ad_id}: {len(decision.ad.impression_urls)} impression URLs "
+                "(the inline's plus every wrapper's)"
+            )
             for url in decision.ad.impression_urls:
                 print(f"  {url}")
     return Result(cid, xml, decision)

@@ -570,6 +570,22 @@ class DeadLetter(_Record):
             dead_at=r.integer("dead_at", required=False, minimum=0),
         )
 
+    @classmethod
+    def of(cls, message: Any, *, stage: str, reason: str, dead_at: int) -> DeadLetter:
+        """The letter for a consumed ``message``: anything with ``topic``,
+        ``partition``, ``offset``, ``key`` and ``value`` (an aiokafka
+        ``ConsumerRecord``, a Faust ``Message``)."""
+        return cls(
+            reason=reason,
+            stage=stage,
+            source_topic=message.topic,
+            source_partition=message.partition,
+            source_offset=message.offset,
+            original=message.value or b"",
+            original_key=message.key,
+            dead_at=dead_at,
+        )
+
 
 def _b64(text: Any, where: str) -> bytes:
     if not isinstance(text, str):

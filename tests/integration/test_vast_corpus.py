@@ -68,6 +68,7 @@ def test_every_sample_resolves_through_the_mock_server() -> None:
         try:
             cfg = FetchConfig(allowed_networks=("127.0.0.1/32",), total_timeout_s=5.0)
             async with VastHttpClient(cfg) as client:
+
                 async def one(p: Path) -> None:
                     rel = p.relative_to(CORPUS).as_posix()
                     doc = parse_vast(p.read_bytes())

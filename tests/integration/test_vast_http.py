@@ -32,15 +32,20 @@ TRANSPORTS = ["aiohttp", "httpx", "httpx-aiohttp"]
 
 
 def _cfg(**kw: Any) -> FetchConfig:
-    base: dict[str, Any] = {"allowed_networks": LOOPBACK, "per_hop_timeout_s": 1.0,
-                            "total_timeout_s": 2.0, "backoff_base_s": 0.01,
-                            "backoff_jitter_s": 0.01}
+    base: dict[str, Any] = {
+        "allowed_networks": LOOPBACK,
+        "per_hop_timeout_s": 1.0,
+        "total_timeout_s": 2.0,
+        "backoff_base_s": 0.01,
+        "backoff_jitter_s": 0.01,
+    }
     base.update(kw)
     return FetchConfig(**base)
 
 
-def with_server(fn: Callable[..., Awaitable[None]], docs: dict[str, str] | None = None,
-                **cfg: Any) -> None:
+def with_server(
+    fn: Callable[..., Awaitable[None]], docs: dict[str, str] | None = None, **cfg: Any
+) -> None:
     """Run ``fn(base, app, client)`` against a fresh mock server and client."""
 
     async def main() -> None:
@@ -106,16 +111,21 @@ def test_namespaced_chain_and_merge_order() -> None:
         clicks = [u.rsplit("/", 1)[1] for u in r.ad.click_trackings()]
         assert clicks == ["inline-0", "w1", "w2"]
         assert [u.rsplit("/", 1)[1].split("?")[0] for u in r.ad.error_urls] == [
-            "w2", "w1", "inline-0"]
+            "w2",
+            "w1",
+            "inline-0",
+        ]
         assert "[ERRORCODE]" in r.ad.error_urls[0]  # left for the player to fill
 
     with_server(t)
 
 
 def test_pricing_taken_from_first_document_stating_it() -> None:
-    docs = {"priced": """<VAST version="4.2"><Ad><Wrapper>
+    docs = {
+        "priced": """<VAST version="4.2"><Ad><Wrapper>
       <VASTAdTagURI>{base}/wrapper/1</VASTAdTagURI>
-      <Pricing model="CPM" currency="EUR">9.99</Pricing></Wrapper></Ad></VAST>"""}
+      <Pricing model="CPM" currency="EUR">9.99</Pricing></Wrapper></Ad></VAST>"""
+    }
 
     async def t(base: str, app: web.Application, client: VastHttpClient) -> None:
         r = await _resolve(client, f"{base}/doc/priced")
@@ -126,12 +136,14 @@ def test_pricing_taken_from_first_document_stating_it() -> None:
 
 
 def test_pod_by_sequence() -> None:
-    docs = {"pod": """<VAST version="4.2">
+    docs = {
+        "pod": """<VAST version="4.2">
       <Ad id="second" sequence="2"><InLine><Impression>{base}/pixel/2</Impression></InLine></Ad>
       <Ad id="first" sequence="1"><Wrapper allowMultipleAds="true">
         <VASTAdTagURI>{base}/inline</VASTAdTagURI></Wrapper></Ad>
       <Ad id="third" sequence="3"><InLine><Impression>{base}/pixel/3</Impression></InLine></Ad>
-      <Ad id="buffet"><InLine/></Ad></VAST>"""}
+      <Ad id="buffet"><InLine/></Ad></VAST>"""
+    }
 
     async def t(base: str, app: web.Application, client: VastHttpClient) -> None:
         r = await _resolve(client, f"{base}/doc/pod")
@@ -185,11 +197,13 @@ def test_allow_multiple_ads_false_takes_first_standalone() -> None:
 @pytest.mark.parametrize("fallback", ["true", "false", None])
 def test_fallback_on_no_ad(fallback: str | None) -> None:
     attr = f' fallbackOnNoAd="{fallback}"' if fallback else ""
-    docs = {"fb": f'<VAST version="4.2"><Ad id="w"><Wrapper{attr}>'
-            "<VASTAdTagURI>{base}/empty</VASTAdTagURI>"
-            "<Error><![CDATA[{base}/pixel/werr?c=[ERRORCODE]]]></Error></Wrapper></Ad>"
-            '<Ad id="standby"><InLine><Impression>{base}/pixel/s</Impression></InLine></Ad>'
-            "</VAST>"}
+    docs = {
+        "fb": f'<VAST version="4.2"><Ad id="w"><Wrapper{attr}>'
+        "<VASTAdTagURI>{base}/empty</VASTAdTagURI>"
+        "<Error><![CDATA[{base}/pixel/werr?c=[ERRORCODE]]]></Error></Wrapper></Ad>"
+        '<Ad id="standby"><InLine><Impression>{base}/pixel/s</Impression></InLine></Ad>'
+        "</VAST>"
+    }
 
     async def t(base: str, app: web.Application, client: VastHttpClient) -> None:
         r = await _resolve(client, f"{base}/doc/fb")
@@ -225,8 +239,10 @@ def test_retries_exhausted_gives_301() -> None:
 
 
 def test_no_retry_on_404_and_303_after_wrapper() -> None:
-    docs = {"w404": "<VAST version='4.2'><Ad><Wrapper><VASTAdTagURI>{base}/inline?status=404"
-            "</VASTAdTagURI><Error>{base}/pixel/e?c=[ERRORCODE]</Error></Wrapper></Ad></VAST>"}
+    docs = {
+        "w404": "<VAST version='4.2'><Ad><Wrapper><VASTAdTagURI>{base}/inline?status=404"
+        "</VASTAdTagURI><Error>{base}/pixel/e?c=[ERRORCODE]</Error></Wrapper></Ad></VAST>"
+    }
 
     async def t(base: str, app: web.Application, client: VastHttpClient) -> None:
         r = await _resolve(client, f"{base}/inline?status=404")
@@ -277,8 +293,10 @@ def test_billion_laughs_bounded() -> None:
 
 
 def test_external_dtd_never_fetched() -> None:
-    docs = {"dtd": '<?xml version="1.0"?><!DOCTYPE VAST SYSTEM "{base}/pixel/evil.dtd">'
-            '<VAST version="4.2"><Ad><InLine/></Ad></VAST>'}
+    docs = {
+        "dtd": '<?xml version="1.0"?><!DOCTYPE VAST SYSTEM "{base}/pixel/evil.dtd">'
+        '<VAST version="4.2"><Ad><InLine/></Ad></VAST>'
+    }
 
     async def t(base: str, app: web.Application, client: VastHttpClient) -> None:
         r = await _resolve(client, f"{base}/doc/dtd")
@@ -341,8 +359,10 @@ def test_gzip_bomb_capped_after_decoding(transport: str) -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_slow_drip_stopped_by_deadline(transport: str) -> None:
-    docs = {"wdrip": "<VAST version='4.2'><Ad><Wrapper><VASTAdTagURI>{base}/inline?drip=30"
-            "</VASTAdTagURI><Error>{base}/pixel/e?c=[ERRORCODE]</Error></Wrapper></Ad></VAST>"}
+    docs = {
+        "wdrip": "<VAST version='4.2'><Ad><Wrapper><VASTAdTagURI>{base}/inline?drip=30"
+        "</VASTAdTagURI><Error>{base}/pixel/e?c=[ERRORCODE]</Error></Wrapper></Ad></VAST>"
+    }
 
     async def t(base: str, app: web.Application, client: VastHttpClient) -> None:
         t0 = time.perf_counter()
@@ -397,12 +417,20 @@ def test_loopback_allowed_with_allow_list() -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/vast", "http://127.0.0.2/x",
-     "http://[::1]/x", "http://[::ffff:10.0.0.1]/x", "http://0.0.0.0/x"],
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/vast",
+        "http://127.0.0.2/x",
+        "http://[::1]/x",
+        "http://[::ffff:10.0.0.1]/x",
+        "http://0.0.0.0/x",
+    ],
 )
 def test_redirect_and_wrapper_to_private_blocked(target: str) -> None:
-    docs = {"w": f"<VAST version='4.2'><Ad><Wrapper><VASTAdTagURI><![CDATA[{target}]]>"
-            "</VASTAdTagURI></Wrapper></Ad></VAST>"}
+    docs = {
+        "w": f"<VAST version='4.2'><Ad><Wrapper><VASTAdTagURI><![CDATA[{target}]]>"
+        "</VASTAdTagURI></Wrapper></Ad></VAST>"
+    }
 
     async def t(base: str, app: web.Application, client: VastHttpClient) -> None:
         r = await _resolve(client, f"{base}/inline?redirect_to={target}")
@@ -428,10 +456,24 @@ def test_redirect_followed_when_allowed_and_capped() -> None:
 
 @pytest.mark.parametrize(
     ("addr", "allowed"),
-    [("8.8.8.8", True), ("2606:4700::1111", True), ("10.1.2.3", False), ("172.16.0.1", False),
-     ("192.168.1.1", False), ("127.0.0.1", False), ("169.254.169.254", False), ("::1", False),
-     ("fe80::1", False), ("fc00::1", False), ("::ffff:10.0.0.1", False), ("100.64.0.1", False),
-     ("224.0.0.1", False), ("0.0.0.0", False), ("240.0.0.1", False), ("not-an-ip", False)],
+    [
+        ("8.8.8.8", True),
+        ("2606:4700::1111", True),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("127.0.0.1", False),
+        ("169.254.169.254", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("::ffff:10.0.0.1", False),
+        ("100.64.0.1", False),
+        ("224.0.0.1", False),
+        ("0.0.0.0", False),
+        ("240.0.0.1", False),
+        ("not-an-ip", False),
+    ],
 )
 def test_ssrf_rule(addr: str, allowed: bool) -> None:
     assert SsrfGuard().address_allowed(addr) is allowed
@@ -451,8 +493,14 @@ def test_cookies_per_host_and_device_headers() -> None:
 
     async def handler(request: web.Request) -> web.Response:
         h = request.headers
-        seen.append((request.host.split(":")[0], h.get("Cookie"), h.get("X-Device-IP"),
-                     h.get("X-Device-User-Agent")))
+        seen.append(
+            (
+                request.host.split(":")[0],
+                h.get("Cookie"),
+                h.get("X-Device-IP"),
+                h.get("X-Device-User-Agent"),
+            )
+        )
         port = request.url.port
         step = request.match_info["step"]
         if step == "a":
@@ -523,19 +571,32 @@ def test_resolve_command_text_and_json() -> None:
 
     async def t(base: str, app: web.Application, client: VastHttpClient) -> None:
         buf = io.StringIO()
-        rc = await resolve_command(f"{base}/wrapper/2", as_json=False, max_hops=5, timeout_s=2.0,
-                                   allow_private=True, out=buf)
+        rc = await resolve_command(
+            f"{base}/wrapper/2",
+            as_json=False,
+            max_hops=5,
+            timeout_s=2.0,
+            allow_private=True,
+            out=buf,
+        )
         text = buf.getvalue()
         assert rc == 0 and "status: filled" in text and "price: 2.50 USD" in text
         assert "start=3" in text and "hop 2:" in text
         buf = io.StringIO()
-        rc = await resolve_command(f"{base}/wrapper/3", as_json=True, max_hops=2, timeout_s=2.0,
-                                   allow_private=True, out=buf)
+        rc = await resolve_command(
+            f"{base}/wrapper/3",
+            as_json=True,
+            max_hops=2,
+            timeout_s=2.0,
+            allow_private=True,
+            out=buf,
+        )
         d = json.loads(buf.getvalue())
         assert rc == 2 and d["vast_error_code"] == 302 and d["hops"] == 3
         buf = io.StringIO()
-        rc = await resolve_command(f"{base}/inline", as_json=True, max_hops=5, timeout_s=2.0,
-                                   allow_private=False, out=buf)
+        rc = await resolve_command(
+            f"{base}/inline", as_json=True, max_hops=5, timeout_s=2.0, allow_private=False, out=buf
+        )
         assert rc == 2 and json.loads(buf.getvalue())["reason"] == "blocked"
 
     with_server(t)

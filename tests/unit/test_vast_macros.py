@@ -36,15 +36,25 @@ def test_known_names_cover_the_iab_macro_list() -> None:
 
 def test_values_are_uri_encoded() -> None:
     url = "https://t.example/e?c=[ERRORCODE]&ua=[DEVICEUA]&ts=[TIMESTAMP]"
-    out = substitute(url, {"ERRORCODE": 303, "DEVICEUA": "Mozilla/5.0 (X11; a&b=c#d)",
-                           "TIMESTAMP": "2016-01-17T08:15:07.127-05:00"})
-    assert out == ("https://t.example/e?c=303&ua=Mozilla%2F5.0%20%28X11%3B%20a%26b%3Dc%23d%29"
-                   "&ts=2016-01-17T08%3A15%3A07.127-05%3A00")
+    out = substitute(
+        url,
+        {
+            "ERRORCODE": 303,
+            "DEVICEUA": "Mozilla/5.0 (X11; a&b=c#d)",
+            "TIMESTAMP": "2016-01-17T08:15:07.127-05:00",
+        },
+    )
+    assert out == (
+        "https://t.example/e?c=303&ua=Mozilla%2F5.0%20%28X11%3B%20a%26b%3Dc%23d%29"
+        "&ts=2016-01-17T08%3A15%3A07.127-05%3A00"
+    )
 
 
 def test_unknown_and_valueless_macros_become_minus_one() -> None:
-    out = substitute("https://x/?a=[NOTAMACRO]&b=[CONTENTPLAYHEAD]&c=[CACHEBUSTING]",
-                     {"CACHEBUSTING": "12345678", "CONTENTPLAYHEAD": None})
+    out = substitute(
+        "https://x/?a=[NOTAMACRO]&b=[CONTENTPLAYHEAD]&c=[CACHEBUSTING]",
+        {"CACHEBUSTING": "12345678", "CONTENTPLAYHEAD": None},
+    )
     assert out == "https://x/?a=-1&b=-1&c=12345678"
 
 
@@ -76,11 +86,23 @@ def test_cachebusting_is_eight_digits_and_varies() -> None:
 
 def test_standard_values() -> None:
     now = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
-    v = standard_values(errorcode=302, correlator="c1", cachebuster=11112222,
-                        device_ip="203.0.113.9", device_ua="UA", now=now,
-                        extra={"gdprconsent": "xyz", "IFA": None})
-    assert v == {"TIMESTAMP": "2024-05-06T07:08:09.000+00:00", "CACHEBUSTING": "11112222",
-                 "ERRORCODE": "302", "CORRELATOR": "c1", "DEVICEIP": "203.0.113.9",
-                 "DEVICEUA": "UA", "GDPRCONSENT": "xyz"}
+    v = standard_values(
+        errorcode=302,
+        correlator="c1",
+        cachebuster=11112222,
+        device_ip="203.0.113.9",
+        device_ua="UA",
+        now=now,
+        extra={"gdprconsent": "xyz", "IFA": None},
+    )
+    assert v == {
+        "TIMESTAMP": "2024-05-06T07:08:09.000+00:00",
+        "CACHEBUSTING": "11112222",
+        "ERRORCODE": "302",
+        "CORRELATOR": "c1",
+        "DEVICEIP": "203.0.113.9",
+        "DEVICEUA": "UA",
+        "GDPRCONSENT": "xyz",
+    }
     url = "https://a/?e=[ERRORCODE]&ip=[DEVICEIP]&g=[GDPRCONSENT]&i=[IFA]"
     assert substitute(url, v) == "https://a/?e=302&ip=203.0.113.9&g=xyz&i=-1"

@@ -71,11 +71,16 @@ def test_namespaced_inline_matches_by_local_name() -> None:
     lin = ad.creatives[0]
     assert lin.kind == "linear" and lin.ad_id == "ad-1" and lin.universal_ad_ids == ["UID-1"]
     assert lin.duration_s == pytest.approx(30.5) and lin.skip_offset == "00:00:05"
-    assert [m.url for m in lin.media_files] == ["https://cdn.example/a.mp4",
-                                                "https://cdn.example/a.m3u8"]
+    assert [m.url for m in lin.media_files] == [
+        "https://cdn.example/a.mp4",
+        "https://cdn.example/a.m3u8",
+    ]
     assert lin.media_files[0].bitrate is None and lin.media_files[0].width == 1280
     assert [(t.event, t.offset) for t in lin.tracking_events] == [
-        ("start", None), ("progress", "00:00:10"), ("complete", None)]
+        ("start", None),
+        ("progress", "00:00:10"),
+        ("complete", None),
+    ]
     assert lin.click_through == "https://adv.example/"
     assert lin.click_trackings == ["https://e.example/click"]
     comp = ad.creatives[1]
@@ -95,9 +100,11 @@ def test_same_document_without_namespace_parses_identically() -> None:
 
 
 def test_prefixed_namespace() -> None:
-    doc = parse_vast(b'<v:VAST xmlns:v="http://www.iab.com/VAST" version="3.0"><v:Ad id="p">'
-                     b"<v:InLine><v:Impression>https://i/</v:Impression></v:InLine></v:Ad>"
-                     b"</v:VAST>")
+    doc = parse_vast(
+        b'<v:VAST xmlns:v="http://www.iab.com/VAST" version="3.0"><v:Ad id="p">'
+        b"<v:InLine><v:Impression>https://i/</v:Impression></v:InLine></v:Ad>"
+        b"</v:VAST>"
+    )
     assert doc.ads[0].impressions == ["https://i/"]
 
 
@@ -123,8 +130,10 @@ def test_vast1_video_ad_serving_template() -> None:
 
 
 def test_vast1_wrapper_uses_vastadtagurl() -> None:
-    doc = parse_vast(b"<VideoAdServingTemplate><Ad><Wrapper><VASTAdTagURL><URL>http://n/</URL>"
-                     b"</VASTAdTagURL></Wrapper></Ad></VideoAdServingTemplate>")
+    doc = parse_vast(
+        b"<VideoAdServingTemplate><Ad><Wrapper><VASTAdTagURL><URL>http://n/</URL>"
+        b"</VASTAdTagURL></Wrapper></Ad></VideoAdServingTemplate>"
+    )
     assert doc.ads[0].is_wrapper and doc.ads[0].vast_ad_tag_uri == "http://n/"
 
 
@@ -136,15 +145,23 @@ def test_wrapper_flags_and_defaults() -> None:
     w1, w2 = doc.ads
     assert w1.vast_ad_tag_uri == "https://next/"
     assert (w1.follow_additional_wrappers, w1.allow_multiple_ads, w1.fallback_on_no_ad) == (
-        False, True, False)
+        False,
+        True,
+        False,
+    )
     assert (w2.follow_additional_wrappers, w2.allow_multiple_ads, w2.fallback_on_no_ad) == (
-        True, False, None)
+        True,
+        False,
+        None,
+    )
 
 
 def test_pod_and_standalone_split() -> None:
-    doc = parse_vast(b'<VAST version="3.0"><Ad id="b" sequence="2"><InLine/></Ad>'
-                     b'<Ad id="s"><InLine/></Ad><Ad id="a" sequence="1"><InLine/></Ad>'
-                     b'<Ad id="junk"><Nothing/></Ad><Error>https://root/err</Error></VAST>')
+    doc = parse_vast(
+        b'<VAST version="3.0"><Ad id="b" sequence="2"><InLine/></Ad>'
+        b'<Ad id="s"><InLine/></Ad><Ad id="a" sequence="1"><InLine/></Ad>'
+        b'<Ad id="junk"><Nothing/></Ad><Error>https://root/err</Error></VAST>'
+    )
     assert [a.id for a in doc.pod] == ["a", "b"]
     assert [a.id for a in doc.standalone] == ["s"]
     assert doc.errors == ["https://root/err"]
@@ -159,8 +176,10 @@ def test_pod_and_standalone_split() -> None:
         (b"<html><body>nope</body></html>", VastErrorCode.SCHEMA_VALIDATION_ERROR),
         (b"<VAST version='5.0'/>", VastErrorCode.VERSION_NOT_SUPPORTED),
         (b"<VAST version='abc'/>", VastErrorCode.VERSION_NOT_SUPPORTED),
-        (b"<VAST version='4.0'><Ad><InLine><AdTitle>&undefined;</AdTitle></InLine></Ad></VAST>",
-         VastErrorCode.XML_PARSE_ERROR),
+        (
+            b"<VAST version='4.0'><Ad><InLine><AdTitle>&undefined;</AdTitle></InLine></Ad></VAST>",
+            VastErrorCode.XML_PARSE_ERROR,
+        ),
     ],
 )
 def test_error_codes(xml: bytes, code: VastErrorCode) -> None:
@@ -204,16 +223,20 @@ def test_prolog_scan_is_linear_and_still_finds_doctype() -> None:
     assert parse_vast(b"<?a?>" * 20_000 + b"<VAST version='4.0'/>").ads == []
     assert parse_vast(b"<!-- - ->- -->" * 20_000 + b"<VAST version='4.0'/>").ads == []
     assert time.perf_counter() - t0 < 1.0
-    for prolog in (b"<?xml version='1.0'?><!-- c --><?pi x?>\n<!doctype VAST>",
-                   b"\xef\xbb\xbf <?a ?? > ?><!-- a--b --><!DOCTYPE VAST>"):
+    for prolog in (
+        b"<?xml version='1.0'?><!-- c --><?pi x?>\n<!doctype VAST>",
+        b"\xef\xbb\xbf <?a ?? > ?><!-- a--b --><!DOCTYPE VAST>",
+    ):
         with pytest.raises(VastError) as ei:
             parse_vast(prolog + b"<VAST version='4.0'/>")
         assert ei.value.reason == "doctype"
 
 
 def test_utf16_doctype_refused_by_second_check() -> None:
-    doc = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE VAST [<!ENTITY a "b">]>'
-           '<VAST version="4.0"/>')
+    doc = (
+        '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE VAST [<!ENTITY a "b">]>'
+        '<VAST version="4.0"/>'
+    )
     with pytest.raises(VastError) as ei:
         parse_vast(doc.encode("utf-16"))
     assert ei.value.code == VastErrorCode.XML_PARSE_ERROR
@@ -235,15 +258,22 @@ def test_insane_pricing_is_dropped(pricing: bytes) -> None:
 
 
 def test_str_input_with_encoding_declaration() -> None:
-    doc = parse_vast('<?xml version="1.0" encoding="UTF-8"?><VAST version="2.0"><Ad><InLine>'
-                     "<AdTitle>é</AdTitle></InLine></Ad></VAST>")
+    doc = parse_vast(
+        '<?xml version="1.0" encoding="UTF-8"?><VAST version="2.0"><Ad><InLine>'
+        "<AdTitle>é</AdTitle></InLine></Ad></VAST>"
+    )
     assert doc.ads[0].ad_title == "é"
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("00:00:15", 15.0), ("01:02:03.250", 3723.25), ("bad", None), ("00:61:00", None),
-     (None, None)],
+    [
+        ("00:00:15", 15.0),
+        ("01:02:03.250", 3723.25),
+        ("bad", None),
+        ("00:61:00", None),
+        (None, None),
+    ],
 )
 def test_parse_duration(value: str | None, expected: float | None) -> None:
     assert parse_duration(value) == expected
@@ -273,10 +303,12 @@ def test_malformed_optional_numbers_become_none(bad: str) -> None:
 
 
 def test_lenient_numbers_still_read() -> None:
-    doc = parse_vast(b'<VAST version="4.0"><Ad><InLine><Creatives><Creative><Linear><MediaFiles>'
-                     b'<MediaFile width=" 640 " height="480.0" minBitrate="300" maxBitrate="+900">'
-                     b"https://cdn.example/a.mp4</MediaFile></MediaFiles></Linear></Creative>"
-                     b"</Creatives></InLine></Ad></VAST>")
+    doc = parse_vast(
+        b'<VAST version="4.0"><Ad><InLine><Creatives><Creative><Linear><MediaFiles>'
+        b'<MediaFile width=" 640 " height="480.0" minBitrate="300" maxBitrate="+900">'
+        b"https://cdn.example/a.mp4</MediaFile></MediaFiles></Linear></Creative>"
+        b"</Creatives></InLine></Ad></VAST>"
+    )
     m = doc.ads[0].media_files[0]
     assert (m.width, m.height, m.min_bitrate, m.max_bitrate) == (640, 480, 300, 900)
 

@@ -20,8 +20,9 @@ def _inline(body: str, *, root_attrs: str = "") -> VastDocument:
 
 
 def _linear(linear: str, creative_attrs: str = "") -> VastDocument:
-    return _inline(f"<Creatives><Creative{creative_attrs}><Linear>{linear}</Linear>"
-                   "</Creative></Creatives>")
+    return _inline(
+        f"<Creatives><Creative{creative_attrs}><Linear>{linear}</Linear></Creative></Creatives>"
+    )
 
 
 def test_the_walk_is_compiled() -> None:
@@ -32,15 +33,17 @@ def test_the_walk_is_compiled() -> None:
 
 
 def test_default_and_prefixed_namespaces_and_foreign_ones_match_by_local_name() -> None:
-    body = ("<Impression>https://i.example/</Impression><AdTitle>t</AdTitle>"
-            '<x:Error xmlns:x="urn:other">https://e.example/</x:Error>')
+    body = (
+        "<Impression>https://i.example/</Impression><AdTitle>t</AdTitle>"
+        '<x:Error xmlns:x="urn:other">https://e.example/</x:Error>'
+    )
     plain = _inline(body)
     assert plain.ads[0].impressions == ["https://i.example/"]
     assert plain.ads[0].errors == ["https://e.example/"]
     default_ns = _inline(body, root_attrs=' xmlns="http://www.iab.com/VAST"')
     prefixed = parse_vast(
         '<v:VAST xmlns:v="http://www.iab.com/VAST" version="4.2"><v:Ad id="a"><v:InLine>'
-        '<v:Impression>https://i.example/</v:Impression><v:AdTitle>t</v:AdTitle>'
+        "<v:Impression>https://i.example/</v:Impression><v:AdTitle>t</v:AdTitle>"
         '<x:Error xmlns:x="urn:other">https://e.example/</x:Error>'
         "</v:InLine></v:Ad></v:VAST>"
     )
@@ -94,8 +97,11 @@ def test_entities_and_character_references_in_text_and_attributes() -> None:
     )
     cr = doc.ads[0].creatives[0]
     ev = cr.tracking_events[0]
-    assert (ev.event, ev.url, ev.offset) == ("start", "https://t.example/?a=1&b=<2>AB",
-                                            " 00:00:01& ")
+    assert (ev.event, ev.url, ev.offset) == (
+        "start",
+        "https://t.example/?a=1&b=<2>AB",
+        " 00:00:01& ",
+    )
     mf = cr.media_files[0]
     assert (mf.codec, mf.api_framework) == ("a&b\"c'", "VPAID")
 
@@ -146,8 +152,9 @@ def test_missing_and_empty_attributes() -> None:
     ],
 )
 def test_numbers_are_read_like_int(raw: str, value: int | None) -> None:
-    doc = _linear(f'<MediaFiles><MediaFile width="{raw}">https://m.example/a.mp4</MediaFile>'
-                  "</MediaFiles>")
+    doc = _linear(
+        f'<MediaFiles><MediaFile width="{raw}">https://m.example/a.mp4</MediaFile></MediaFiles>'
+    )
     assert doc.ads[0].creatives[0].media_files[0].width == value
 
 
@@ -158,7 +165,7 @@ def test_vast1_url_children() -> None:
         "<Error><URL><![CDATA[https://e.example/]]></URL></Error>"
         "<Creatives><Creative><Linear><VideoClicks>"
         "<ClickThrough><URL/><URL>https://c.example/</URL></ClickThrough>"
-        "</VideoClicks><TrackingEvents><Tracking event=\"start\">"
+        '</VideoClicks><TrackingEvents><Tracking event="start">'
         "<URL>https://t.example/1</URL><URL>https://t.example/2</URL></Tracking>"
         "</TrackingEvents><MediaFiles><MediaFile><URL>https://m.example/a.mp4</URL>"
         "</MediaFile></MediaFiles></Linear></Creative></Creatives>"
@@ -189,8 +196,10 @@ def test_verifications_inside_extensions_are_found_at_any_depth_and_namespace() 
 
 
 def test_whitespace_only_and_blank_elements() -> None:
-    doc = _inline("<AdSystem>\n\t \r\n</AdSystem><AdTitle/><Impression>   </Impression>"
-                  "<VASTAdTagURI>  </VASTAdTagURI>")
+    doc = _inline(
+        "<AdSystem>\n\t \r\n</AdSystem><AdTitle/><Impression>   </Impression>"
+        "<VASTAdTagURI>  </VASTAdTagURI>"
+    )
     ad = doc.ads[0]
     assert ad.ad_system is None and ad.ad_title is None
     assert ad.impressions == [] and ad.vast_ad_tag_uri is None
