@@ -93,8 +93,8 @@ class Killer(threading.Thread):
     "left requests undecided, one with a pending count at -1); rocksdb:// at-least-once 3 of 5 "
     "after the clean-shutdown rule (pending_count -1 once, 1,004 requests never admitted "
     "once); exactly_once 9,088 of 20,000 undecided "
-    "(ProducerFenced storm, 66 group generations). Session 5 (2026-12-02): memory:// 2 of 3, "
-    "rocksdb:// 1 of 1, exactly_once failed.",
+    "(ProducerFenced storm, 66 group generations). Session 5 (2026-12-02): memory:// 3 of 4, "
+    "rocksdb:// 2 of 2, exactly_once failed twice.",
 )
 @pytest.mark.parametrize(
     ("store", "guarantee"),
