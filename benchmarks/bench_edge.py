@@ -23,6 +23,11 @@ bounded time (10 s each, ``--quick`` 3 s), it measures per request:
   INCRBYFLOAT). Needs ``redis-server`` on PATH and the ``redis`` client
   package; otherwise the column is skipped and the reason printed.
 
+After the run it reads the topology's topics back and prints, per rate, each
+pipeline hop's p50/p99 from the producer timestamps of the messages a filled
+request leaves (request -> admitted -> resolve -> resolution -> cap settle,
+which is sent with the decision): where the pipeline's time goes.
+
 Overhead = a design's percentile minus the ad server's same percentile at
 the same rate (percentiles do not subtract exactly; this is the usual
 approximation). The target: pipeline p99 overhead <= 50 ms at 100 req/s.
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -58,7 +64,7 @@ import aiohttp
 from streams.campaign_admin import put_campaigns
 from streams.devstack import MockAdServerProcess, WorkerProcess
 from streams.edge import EdgeClient, EdgeConfig, SessionContext, create_session, percentile
-from streams.kafka_io import create_xsp_topics
+from streams.kafka_io import create_xsp_topics, read_topic
 from streams.kafka_local import LocalKafka
 from streams.records import DecisionStatus
 from streams.settings import Settings
@@ -466,6 +472,7 @@ def run(duration_s: float) -> dict[str, Any]:
                     raise
             if worker is not None and not worker.alive:
                 raise RuntimeError("the worker died:\n" + worker.log_tail())
+            hops = asyncio.run(hop_breakdown(info.bootstrap_servers, names))
         finally:
             if worker is not None:
                 worker.stop()
@@ -485,6 +492,7 @@ def run(duration_s: float) -> dict[str, Any]:
         },
         "cells": [asdict(c) for c in cells],
         "overhead_ms": over,
+        "pipeline_hops_ms": hops,
         "edge_stats": stats,
         "target": {
             "what": f"pipeline p99 overhead over the ad server at {TARGET_RATE} req/s",
@@ -494,6 +502,62 @@ def run(duration_s: float) -> dict[str, Any]:
         },
         "wall_s": round(time.monotonic() - started, 1),
     }
+
+
+# The message kinds a filled request leaves in the topology, in pipeline order. The
+# cap settle is sent together with the decision (the reply topic is gone by now).
+_STEPS = (
+    ("ad-requests", "request"),
+    ("budget-requests", "admitted"),
+    ("resolve-requests", "resolve"),
+    ("budget-requests", "resolution"),
+    ("ad-requests", "frequency_settle"),
+)
+
+
+async def hop_breakdown(bootstrap: str, names: TopicNames) -> dict[str, dict[str, Any]]:
+    """Per rate, each pipeline hop's p50/p99 in ms from the messages' own timestamps.
+
+    A hop is the time between the message that enters a stage and the one it
+    produces (producer timestamps, ms resolution): it holds the stage's queueing
+    and work plus one Kafka hop; ``resolve -> resolution`` includes the HTTP chain.
+    """
+    seen: dict[str, dict[str, int]] = {}
+    for topic in (names.ad_requests, names.budget_requests, names.resolve_requests):
+        for message in await read_topic(bootstrap, topic, timeout_s=30):
+            try:
+                obj = json.loads(message.value or b"")
+            except ValueError:
+                continue
+            inner = obj.get("request") if isinstance(obj.get("request"), dict) else obj
+            rid = inner.get("request_id") if isinstance(inner, dict) else None
+            if isinstance(rid, str) and rid.startswith("bench-") and rid.count("-") >= 3:
+                kind = obj.get("kind", "request")
+                seen.setdefault(rid, {}).setdefault(kind, message.timestamp)
+    by_rate: dict[str, dict[str, list[float]]] = {}
+    for rid, times in seen.items():
+        if not all(kind in times for _, kind in _STEPS):
+            continue  # not filled (or not a pipeline request)
+        hops = by_rate.setdefault(rid.split("-")[2], {})
+        for (_, a), (_, b) in itertools.pairwise(_STEPS):
+            hops.setdefault(f"{a} -> {b}", []).append(times[b] - times[a])
+        hops.setdefault("request -> decision", []).append(times[_STEPS[-1][1]] - times["request"])
+    return {
+        rate: {
+            hop: {"n": len(v), "p50": percentile(v, 50), "p99": percentile(v, 99)}
+            for hop, v in hops.items()
+        }
+        for rate, hops in sorted(by_rate.items(), key=lambda item: int(item[0]))
+    }
+
+
+def hop_table(hops: dict[str, dict[str, Any]]) -> str:
+    """Where the pipeline's time goes, per rate (p50 / p99 ms per hop)."""
+    lines = ["pipeline hops (producer timestamps of each stage's messages, filled requests):"]
+    for rate, rows in hops.items():
+        for hop, r in rows.items():
+            lines.append(f"  {rate:>5} req/s  {hop:<34} p50 {r['p50']:>7.1f}  p99 {r['p99']:>7.1f}")
+    return "\n".join(lines)
 
 
 def _progress(message: str) -> None:
@@ -509,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(3.0 if args.quick else 10.0)
     cells = [Cell(**c) for c in report["cells"]]
     print(table(cells, report["overhead_ms"]))
+    print(hop_table(report["pipeline_hops_ms"]))
     t = report["target"]
     verdict = "MET" if t["met"] else "NOT MET"
     print(
