@@ -18,6 +18,7 @@ from faust.types import EventT, TableT, TopicT
 
 from streams.app import XspApp
 from streams.faust_router import partition_of
+from streams.key_groups import GroupedDict
 from streams.pipeline import Output, row_owner
 from streams.records import DeadLetter, encode
 
@@ -55,9 +56,11 @@ class TableStore:
         in the database of the event being processed and stops after the
         prefix, lazily. Listing every assigned partition's table instead cost
         a pruning tick ~110 s and ~300 MB of RSS at 1M users. The memory store
-        is one dict for all partitions: it is filtered and listed (a dict may
-        not change while it is iterated), so callers that delete filter by
-        partition themselves (``owned_by``).
+        is one dict for all partitions: its ``p:`` keys are listed from their
+        campaign's group (``streams.key_groups``), other prefixes filtered from
+        the whole dict (a snapshot either way: a dict may not change while it
+        is iterated), so callers that delete filter by partition themselves
+        (``owned_by``).
         """
         wanted = prefix.encode()
         event = current_event()
@@ -68,6 +71,13 @@ class TableStore:
                 if not key.startswith(wanted):
                     break
                 yield key.decode(), bytes(value)
+            return
+        index = getattr(data, "data", None)
+        if isinstance(index, GroupedDict):
+            for key in index.scan(wanted):
+                value = index.get(key)
+                if value is not None:
+                    yield key.decode(), bytes(value)
             return
         items = [(k, v) for k, v in self.table.items() if bytes(k).startswith(wanted)]
         for key, value in items:

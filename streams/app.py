@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.stores.memory import Store as MemoryStore
 from faust.types import TableT, TopicT
 
 from streams.campaign_directory import CampaignDirectory
 from streams.faust_transport import Transport
+from streams.key_groups import GroupedDict
 from streams.local_state import mark_clean_shutdown, open_table_dir
 from streams.logs import logging_config
 from streams.metrics import Metrics
-from streams.pipeline import PipelineConfig
+from streams.pipeline import SEP, PipelineConfig
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -194,7 +196,7 @@ def _declare_table(app: faust.App, name: str) -> TableT:
     # Keys and values are bytes: values are canonical JSON from streams.pipeline and
     # Faust only stores and changelogs them. The types must be given: without them a
     # table decodes its changelog as JSON on recovery and hands back dicts.
-    return app.Table(
+    table = app.Table(
         name,
         default=None,
         partitions=app.conf.topic_partitions,
@@ -202,6 +204,12 @@ def _declare_table(app: faust.App, name: str) -> TableT:
         value_type=bytes,
         options=dict(ROCKSDB_OPTIONS),  # a copy: Faust pops keys from the dict it is given
     )
+    store: Any = table.data
+    if isinstance(store, MemoryStore):
+        # Reservation keys by campaign, so the budget agent's per-tick scan reads
+        # one campaign's keys instead of filtering the whole table (streams.key_groups).
+        store.data = GroupedDict((b"p:",), SEP.encode())
+    return table
 
 
 def _declare_topics(app: faust.App, names: TopicNames) -> XspTopics:
