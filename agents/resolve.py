@@ -30,7 +30,7 @@ import logging
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from streams.app import XspApp
@@ -146,7 +146,7 @@ class _ResolveStage:
             committer.cancel()
             for task in list(self.tasks):
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, KafkaError):
+            with contextlib.suppress(asyncio.CancelledError):
                 await self.commit()
             await self.client.aclose()
 
@@ -184,32 +184,34 @@ class _ResolveStage:
                 self.metrics.observe_hop(hop, ms / 1000)
 
     async def commit(self) -> None:
-        """Commit what is delivered in the partitions this consumer still owns."""
+        """Commit what is delivered in the partitions this consumer still owns.
+
+        A failure (a rebalance under way) is logged and left: the revocation
+        commits, or the next owner re-resolves the few requests since the last
+        commit.
+        """
         owned = self.consumer.assignment()
         offsets = {tp: o for tp, o in self.in_flight.committable().items() if tp in owned}
-        if offsets:
+        if not offsets:
+            return
+        try:
             await self.consumer.commit(offsets)  # type: ignore[arg-type]
-            self.in_flight.committed(offsets)  # type: ignore[arg-type]
+        except KafkaError as exc:
+            log.info("resolve commit skipped: %r", exc)
+            return
+        self.in_flight.committed(offsets)  # type: ignore[arg-type]
 
     async def _commit_periodically(self) -> None:
         while True:
             await asyncio.sleep(COMMIT_EVERY_S)
-            try:
-                await self.commit()
-            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-                # A rebalance is under way; the revocation commits, or the next
-                # owner re-resolves the few requests since the last commit.
-                log.info("resolve commit skipped: %r", exc)
+            await self.commit()
 
     async def finish(self, revoked: set[TopicPartition]) -> None:
         """Wait for the revoked partitions' resolutions, commit them, forget them."""
         waiting = [task for task, tp in self.tasks.items() if tp in revoked]
         if waiting:
             await asyncio.wait(waiting, timeout=self.settings.vast_timeout_s + 5.0)
-        try:
-            await self.commit()
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-            log.info("resolve commit before revocation failed: %r", exc)
+        await self.commit()
         self.in_flight.forget(revoked)
 
 

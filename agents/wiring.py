@@ -20,7 +20,7 @@ from streams.app import XspApp
 from streams.faust_router import partition_of
 from streams.key_groups import GroupedDict
 from streams.pipeline import Output, row_owner
-from streams.records import DeadLetter, encode
+from streams.records import DeadLetter, encode, request_id_in
 
 __all__ = ["Router", "TableStore", "dead_letter", "owned_by"]
 
@@ -97,14 +97,9 @@ def owned_by(partition: int, partitions: int) -> Callable[[str], bool]:
 def _request_id(raw: bytes | None) -> str | None:
     """The request id inside a message, if it has one (for the log line about it)."""
     try:
-        obj = json.loads(raw or b"")
+        return request_id_in(json.loads(raw or b""))
     except ValueError:
         return None
-    if not isinstance(obj, dict):
-        return None
-    inner = obj.get("request")
-    rid = obj.get("request_id") or (inner.get("request_id") if isinstance(inner, dict) else None)
-    return rid if isinstance(rid, str) else None
 
 
 class Router:

@@ -66,7 +66,7 @@ from streams.devstack import MockAdServerProcess, WorkerProcess
 from streams.edge import EdgeClient, EdgeConfig, SessionContext, create_session, percentile
 from streams.kafka_io import create_xsp_topics, read_topic
 from streams.kafka_local import LocalKafka
-from streams.records import DecisionStatus
+from streams.records import DecisionStatus, request_id_in
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -529,9 +529,8 @@ async def hop_breakdown(bootstrap: str, names: TopicNames) -> dict[str, dict[str
                 obj = json.loads(message.value or b"")
             except ValueError:
                 continue
-            inner = obj.get("request") if isinstance(obj.get("request"), dict) else obj
-            rid = inner.get("request_id") if isinstance(inner, dict) else None
-            if isinstance(rid, str) and rid.startswith("bench-") and rid.count("-") >= 3:
+            rid = request_id_in(obj)
+            if rid is not None and rid.startswith("bench-") and rid.count("-") >= 3:
                 kind = obj.get("kind", "request")
                 seen.setdefault(rid, {}).setdefault(kind, message.timestamp)
     by_rate: dict[str, dict[str, list[float]]] = {}

@@ -40,6 +40,7 @@ __all__ = [
     "decode",
     "encode",
     "message_kind",
+    "request_id_in",
 ]
 
 SCHEMA_VERSION = 1
@@ -801,6 +802,15 @@ def _sub(r: _Reader, name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ContractError(f"{r.kind}.{name} must be an object, got {_show(value)}")
     return value
+
+
+def request_id_in(obj: object) -> str | None:
+    """The request id a decoded topology message carries, top level or in its ``request``."""
+    if not isinstance(obj, dict):
+        return None
+    inner = obj.get("request")
+    rid = obj.get("request_id") or (inner.get("request_id") if isinstance(inner, dict) else None)
+    return rid if isinstance(rid, str) else None
 
 
 def message_kind(raw: bytes) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from streams.kafka_io import produce, read_topic
-from streams.records import AdRequest, Decision, DecisionStatus, decode, encode
+from streams.records import AdRequest, Decision, DecisionStatus, decode, encode, request_id_in
 from streams.replay import changelog_topic
 from tests.conftest import Stack
 
@@ -121,15 +121,11 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
                     inner = json.loads(base64.b64decode(obj.get("original_b64", "")))
                 except ValueError:
                     continue
-                if not isinstance(inner, dict):
-                    continue
-                nested = inner.get("request") if isinstance(inner.get("request"), dict) else {}
-                rid = inner.get("request_id") or nested.get("request_id")
+                rid = request_id_in(inner)
                 stage = f"dead-lettered by {obj.get('stage')}: {obj.get('reason', '')[:80]}"
                 step = 9
             else:
-                inner = obj.get("request") if isinstance(obj.get("request"), dict) else obj
-                rid = inner.get("request_id")
+                rid = request_id_in(obj)
                 short = topic.removeprefix(stack.settings.topic_prefix)
                 kind = obj.get("kind", "ad_request")
                 stage = f"{short}:{kind}"
