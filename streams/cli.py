@@ -66,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         and args[0] == "worker"
         and not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args)
     ):
-        # Faust's default level (warn) turns on its spinner, which sets the
-        # root logger to DEBUG and costs 15-20 % CPU (DESIGN.md cost model).
+        # The worker logs at XSP_LOG_LEVEL (streams/faust_worker.py keeps
+        # Faust's spinner from lowering the root logger to DEBUG).
         args += ["--loglevel", settings.log_level]
     if args and args[0] == "worker" and "--help" not in args:
         # Faust creates only the last level of its data dir.
