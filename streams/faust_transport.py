@@ -32,6 +32,8 @@ Faust's rule when this worker owns the destination, else go out plain.
 from __future__ import annotations
 
 import asyncio
+import inspect
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import aiokafka
@@ -49,6 +51,43 @@ _FAUST_DEFAULT_FETCH_MAX_WAIT_MS = 1500
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer "thread", run as tasks on the worker's own event loop.
+
+    faust-streaming drives aiokafka from a second OS thread with its own
+    loop: every fetch, commit and position call crosses threads through a
+    two-worker method queue, and both threads take turns on the GIL. Here
+    the thread's loop *is* the worker's loop and ``call_thread`` simply
+    awaits the call, so a fetched record reaches its agent in the same loop
+    turn (see README, "Benchmarks", for what it moved).
+    """
+
+    def __init__(self, consumer: Any, **kwargs: Any) -> None:
+        loop = kwargs.get("loop") or asyncio.get_event_loop()
+        super().__init__(consumer, thread_loop=loop, **kwargs)
+        self._serving: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        # mode.ServiceThread.start runs _serve() in a new thread; here it is a task.
+        assert not self._thread_started.is_set()
+        self._thread_started.set()
+        self._thread_running = self.parent_loop.create_future()
+        try:
+            self._serving = asyncio.ensure_future(self._serve())
+            await self._thread_running
+        finally:
+            self._thread_running = None
+
+    async def _gather_remaining_tasks(self) -> None:
+        # mode cancels every task left on the thread's loop when the thread
+        # ends; that loop is the worker's, whose tasks are not ours to cancel.
+        return
+
+    async def call_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        result = fun(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka reads this attribute when it builds its Fetcher in start().
