@@ -35,6 +35,7 @@ from aiokafka.structs import ConsumerRecord
 
 from streams.app import XspApp
 from streams.commit_watch import InFlight
+from streams.prompt_fetch import prompt_fetches
 from streams.records import ContractError, DeadLetter, ResolveRequest, decode, encode
 from streams.resolution import resolve_request
 from streams.settings import Settings
@@ -247,6 +248,7 @@ async def _run(app: XspApp) -> None:
     consumer.subscribe([names.resolve_requests], listener=_Revocations(stage))
     await producer.start()
     await consumer.start()
+    prompt_fetches(consumer)
     try:
         await stage.run()
     finally:

@@ -44,6 +44,7 @@ from faust.types import TP
 from faust.types.tuples import Message, RecordMetadata
 
 from streams.commit_watch import commit_offset
+from streams.prompt_fetch import prompt_fetches
 
 __all__ = ["Transport"]
 
@@ -76,6 +77,10 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             await self._thread_running
         finally:
             self._thread_running = None
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        prompt_fetches(self._ensure_consumer())
 
     async def _gather_remaining_tasks(self) -> None:
         # mode cancels every task left on the thread's loop when the thread
