@@ -65,6 +65,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def __init__(self, consumer: Any, **kwargs: Any) -> None:
         loop = kwargs.get("loop") or asyncio.get_event_loop()
         super().__init__(consumer, thread_loop=loop, **kwargs)
+        # The loop keeps only a weak reference to a task: this one must outlive start().
         self._serving: asyncio.Future[None] | None = None
 
     async def start(self) -> None:

@@ -11,7 +11,6 @@ level of ``XSP_LOG_LEVEL``.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import faust
@@ -24,8 +23,5 @@ class Worker(faust.Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Faust's root-logger setup (at start) installs the spinner only if there is one.
         self.spinner = None
-
-    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-        self.spinner = None
-        super().on_setup_root_logger(logger, level)
