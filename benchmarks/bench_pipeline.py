@@ -71,6 +71,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from benchmarks.cpu import proc_cpu_s
 from streams.admission import validate_ad_request
 from streams.campaign_admin import put_campaigns
 from streams.campaign_directory import DirectoryView
@@ -90,7 +91,6 @@ TARGET_RSS_MB = 400.0  # worker RSS at 1M users (rocksdb)
 MILLION = 1_000_000
 CAMPAIGNS = 4
 ROOT = Path(__file__).resolve().parent.parent
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _STATUS = re.compile(rb'"status":"([a-z_]+)"')
 
 
@@ -119,13 +119,6 @@ QUICK = Plan(20_000, 400, 3_000, 15.0, 2_000, 60.0, 5.0, 3.0, 100_000, 240.0)
 
 def _log(message: str) -> None:
     print(f"[bench_pipeline {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def _proc_status_mb(pid: int, field: str) -> float:

@@ -46,6 +46,7 @@ from typing import Any
 import aiohttp
 from lxml import etree
 
+from benchmarks.cpu import machine_busy_s, proc_cpu_s
 from streams.vast.http import FetchConfig, VastHttpClient
 from streams.vast.parser import parse_vast
 from streams.vast.resolver import resolve_chain
@@ -57,6 +58,7 @@ TRANSPORT = {"httpx-default": "httpx", "httpx-aiohttp": "httpx-aiohttp", "xsp-ai
 TARGET_CELL = ("3-hop", 64)
 TARGET_HTTP = 0.40  # ours >= 40 % of the raw-aiohttp ceiling
 TARGET_PARSE = 2.0  # parse_vast <= 2x lxml.etree.fromstring
+OTHERS_CORES_WARN = 0.25  # CPU used by other processes that makes a verdict doubtful
 _NEXT = re.compile(rb"<VASTAdTagURI><!\[CDATA\[(.*?)\]\]>")
 Op = Callable[[], Awaitable[bool]]
 
@@ -311,11 +313,21 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _loadavg()
     t_start = time.perf_counter()
     proc, base = _start_server()
+    busy_start, own_start = machine_busy_s(), time.process_time() + proc_cpu_s(proc.pid)
     try:
         http = asyncio.run(_bench_http(base, duration, reps, pairs, pair_s))
+        busy_end, own_end = machine_busy_s(), time.process_time() + proc_cpu_s(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=5)
+    http_s = time.perf_counter() - t_start
+    # What the machine did besides this benchmark's two processes (client and
+    # server), in cores on average over the HTTP part of the run.
+    others_cores = (
+        None
+        if busy_start is None or busy_end is None
+        else max(0.0, (busy_end - busy_start) - (own_end - own_start)) / http_s
+    )
     parse = _bench_parse(args.quick)
     cells = http["cells"]
 
@@ -398,16 +410,16 @@ def main(argv: list[str] | None = None) -> int:
             f"({p['ratio']:.2f}x)"
         )
     load_after = _loadavg()
-    busy = [x for x in (load_before, load_after) if x and x[0] > 0.5 * (os.cpu_count() or 1)]
-    if busy:
+    if others_cores is not None and others_cores > OTHERS_CORES_WARN:
         print(
-            "WARNING: other processes were using the CPUs during the run (load average "
-            "above half the CPU count); absolute numbers and ratios are disturbed, "
-            "re-run on a quiet machine for a firm verdict."
+            f"WARNING: other processes used {others_cores:.2f} cores on average during the "
+            "HTTP runs; absolute numbers and ratios are disturbed, re-run on a quiet "
+            "machine for a firm verdict."
         )
+    others = "unknown" if others_cores is None else f"{others_cores:.2f} cores"
     print(
-        f"(cpus {os.cpu_count()}, load average before {load_before}, after {load_after}; "
-        f"{time.perf_counter() - t_start:.0f} s)"
+        f"(cpus {os.cpu_count()}, other processes during the HTTP runs: {others}; load average "
+        f"before {load_before}, after {load_after}; {time.perf_counter() - t_start:.0f} s)"
     )
     out = {
         "quick": args.quick,
@@ -416,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "loadavg_before": load_before,
         "loadavg_after": load_after,
+        "other_processes_cores": others_cores,
         "wall_s": time.perf_counter() - t_start,
         "http": http,
         "parse": parse,
