@@ -1,7 +1,7 @@
 """admit: validate ad requests, dedupe, choose a campaign, check caps and reserve a slot.
 
 Source ``ad-requests`` (key user). Besides the edge's requests it carries
-the budget agent's cap settles (commit/release) and pruning ticks for the
+the budget agent's cap releases (unfilled requests) and pruning ticks for the
 same users: one source topic for the frequency table means the table is a
 fold over one ordered log per partition, so a replay applies the same
 events in the same order and rebuilds the same bytes. Concurrency 1 (table

@@ -25,8 +25,8 @@ bounded time (10 s each, ``--quick`` 3 s), it measures per request:
 
 After the run it reads the topology's topics back and prints, per rate, each
 pipeline hop's p50/p99 from the producer timestamps of the messages a filled
-request leaves (request -> admitted -> resolve -> resolution -> cap settle,
-which is sent with the decision): where the pipeline's time goes.
+request leaves (request -> admitted -> resolve -> resolution -> decision, the
+last one from the edge's reply topic): where the pipeline's time goes.
 
 Overhead = a design's percentile minus the ad server's same percentile at
 the same rate (percentiles do not subtract exactly; this is the usual
@@ -353,7 +353,9 @@ async def measure(
         bootstrap_servers=bootstrap,
         topic_prefix=prefix,
         request_timeout_s=EDGE_TIMEOUT_S,
-        delete_reply_topic_on_close=True,
+        # Kept for the hop breakdown (the decisions' timestamps); the whole
+        # broker is this run's and goes with its temporary folder.
+        delete_reply_topic_on_close=False,
     )
     async with EdgeClient(config) as edge:
         warm_s = await warm_up(edge, cid, alive)
@@ -369,7 +371,7 @@ async def measure(
                 cells.append(await run_seed_redis(redis_url, ad_server, rate, duration_s))
             else:
                 cells.append(Cell("seed-redis", rate, duration_s, skipped=redis_why))
-        stats = edge.stats()
+        stats = {**edge.stats(), "reply_topic": edge.reply_topic}
     return cells, stats
 
 
@@ -472,7 +474,7 @@ def run(duration_s: float) -> dict[str, Any]:
                     raise
             if worker is not None and not worker.alive:
                 raise RuntimeError("the worker died:\n" + worker.log_tail())
-            hops = asyncio.run(hop_breakdown(info.bootstrap_servers, names))
+            hops = asyncio.run(hop_breakdown(info.bootstrap_servers, names, stats["reply_topic"]))
         finally:
             if worker is not None:
                 worker.stop()
@@ -504,18 +506,25 @@ def run(duration_s: float) -> dict[str, Any]:
     }
 
 
-# The message kinds a filled request leaves in the topology, in pipeline order. The
-# cap settle is sent together with the decision (the reply topic is gone by now).
+# The messages a filled request leaves in the topology, in pipeline order (the
+# decision is the one in the edge's reply topic).
 _STEPS = (
     ("ad-requests", "request"),
     ("budget-requests", "admitted"),
     ("resolve-requests", "resolve"),
     ("budget-requests", "resolution"),
-    ("ad-requests", "frequency_settle"),
+    ("reply", "decision"),
 )
 
 
-async def hop_breakdown(bootstrap: str, names: TopicNames) -> dict[str, dict[str, Any]]:
+def _measured(rid: object) -> bool:
+    """A request id of a measured cell (``bench-<run>-<rate>-<n>``), not of the warm-up."""
+    return isinstance(rid, str) and rid.startswith("bench-") and rid.count("-") >= 3
+
+
+async def hop_breakdown(
+    bootstrap: str, names: TopicNames, reply_topic: str
+) -> dict[str, dict[str, Any]]:
     """Per rate, each pipeline hop's p50/p99 in ms from the messages' own timestamps.
 
     A hop is the time between the message that enters a stage and the one it
@@ -523,6 +532,14 @@ async def hop_breakdown(bootstrap: str, names: TopicNames) -> dict[str, dict[str
     and work plus one Kafka hop; ``resolve -> resolution`` includes the HTTP chain.
     """
     seen: dict[str, dict[str, int]] = {}
+    for message in await read_topic(bootstrap, reply_topic, timeout_s=30):
+        try:
+            obj = json.loads(message.value or b"")
+        except ValueError:
+            continue
+        rid = obj.get("request_id")
+        if obj.get("status") == "filled" and _measured(rid):
+            seen.setdefault(rid, {}).setdefault("decision", message.timestamp)
     for topic in (names.ad_requests, names.budget_requests, names.resolve_requests):
         for message in await read_topic(bootstrap, topic, timeout_s=30):
             try:
@@ -530,9 +547,9 @@ async def hop_breakdown(bootstrap: str, names: TopicNames) -> dict[str, dict[str
             except ValueError:
                 continue
             rid = request_id_in(obj)
-            if rid is not None and rid.startswith("bench-") and rid.count("-") >= 3:
+            if rid is not None and rid in seen:  # filled (the others are left out)
                 kind = obj.get("kind", "request")
-                seen.setdefault(rid, {}).setdefault(kind, message.timestamp)
+                seen[rid].setdefault(kind, message.timestamp)
     by_rate: dict[str, dict[str, list[float]]] = {}
     for rid, times in seen.items():
         if not all(kind in times for _, kind in _STEPS):

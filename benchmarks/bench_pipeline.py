@@ -21,10 +21,10 @@ Everything runs on 127.0.0.1 in one temporary folder, in one run:
    from this process and subtracted (p50 from p50, p99 from p99: "added" latency).
    A raw aiokafka 3-hop chain at the same rate is the comparison.
 4. **memory**: the frequency-table rows one user really has after one served
-   ad (``handle_ad_request`` then a ``handle_frequency_settle`` commit on a dict
-   store, campaign ``bench-capped``: 1 ad per user per day) are templated for N
-   distinct users (1M, ``--quick`` 100,000; the template is checked byte for
-   byte against the handlers for ~1,000 of them) and produced straight into the
+   ad (``handle_ad_request`` on a dict store, campaign ``bench-capped``: 1 ad
+   per user per day) are templated for N distinct users (1M, ``--quick``
+   100,000; the template is checked byte for byte against the handlers for
+   ~1,000 of them) and produced straight into the
    ``<app_id>-frequency-changelog`` topic, each into its user's ``ad-requests``
    partition (a table's changelog partition is its source partition). A
    ``rocksdb://`` worker on an empty data dir restores them. RSS (``VmRSS``) when
@@ -79,8 +79,8 @@ from streams.devstack import MockAdServerProcess, WorkerProcess
 from streams.faust_router import partition_of
 from streams.kafka_io import create_topics, create_xsp_topics
 from streams.kafka_local import LocalKafka
-from streams.pipeline import PipelineConfig, handle_ad_request, handle_frequency_settle
-from streams.records import AdRequest, FrequencySettle, encode
+from streams.pipeline import PipelineConfig, handle_ad_request
+from streams.records import AdRequest, encode
 from streams.replay import changelog_topic
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -756,7 +756,6 @@ def _recovery_marks(log_path: Path, since: float) -> dict[str, float]:
 _REMAINING = re.compile(r"total remaining=(\d+)")
 SEED_CAMPAIGN = "bench-capped"
 _ADMIT_DELAY_MS = 3  # request event time -> its broker time, as admit sees it (wall_ms)
-_SETTLE_DELAY_MS = 45  # ... -> the broker time of the cap settle (after budget and resolve)
 _SEED_BATCH_BYTES = 512 * 1024  # below the broker's default message.max.bytes (1 MiB)
 _SEED_IN_FLIGHT = 32  # batches awaiting acks: bounds this process's memory while seeding
 
@@ -811,9 +810,9 @@ def _user_rows(
 ) -> dict[str, bytes]:
     """The frequency-table rows of a user after one served ad, from the real handlers.
 
-    admit reserves a slot (``handle_ad_request``), then the budget agent's cap
-    settle commits it (``handle_frequency_settle``): the user's ``u:`` row and
-    the request's ``r:`` outcome record.
+    admit takes the slot and counts it as served (``handle_ad_request``); a
+    fill sends no cap settle back: the user's ``u:`` row and the request's
+    ``r:`` outcome record.
     """
     store = _DictStore()
     request = validate_ad_request(
@@ -822,9 +821,6 @@ def _user_rows(
     outputs = handle_ad_request(store, request, view, config, wall_ms=ts + _ADMIT_DELAY_MS)
     if [o.route for o in outputs] != ["budget"]:
         raise RuntimeError(f"seed request {rid!r} was not admitted: {outputs!r}")
-    # The budget agent settles with the request's own timestamp (handle_resolution).
-    settle = FrequencySettle(request_id=rid, user_id=user, action="commit", timestamp=ts)
-    handle_frequency_settle(store, settle, config, wall_ms=ts + _SETTLE_DELAY_MS)
     return store.data
 
 
@@ -843,7 +839,6 @@ class SeedRows:
         self.view, self.config, self.base_ms = view, config, base_ms
         # Longest first: the sentinels are equal-length numbers, none inside another.
         fields = [
-            (str(base_ms + _SETTLE_DELAY_MS), "{settle}"),
             (str(base_ms + _ADMIT_DELAY_MS), "{admit}"),
             (str(base_ms), "{ts}"),
             (self._USER, "{user}"),
@@ -869,7 +864,6 @@ class SeedRows:
             "rid": f"m-{i}",
             "ts": ts,
             "admit": ts + _ADMIT_DELAY_MS,
-            "settle": ts + _SETTLE_DELAY_MS,
         }
         return [
             (k.format(**values).encode(), v.format(**values).encode()) for k, v in self.templates

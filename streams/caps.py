@@ -1,11 +1,12 @@
 """Per-user frequency caps: one atomic check-and-reserve inside one keyed row.
 
 The admit agent keeps one :class:`FrequencyState` per user (table key =
-user id) and folds every ad request into it with :func:`check_and_reserve`;
-the settle path later calls :func:`commit` or :func:`release`. Nothing here
-reads the wall clock: every window, expiry and horizon is computed from the
-event timestamps passed in, so replaying the same events in the same order
-rebuilds byte-identical state (:meth:`FrequencyState.to_json_bytes`).
+user id) and folds every ad request into it with :func:`check_and_reserve`
+and, at once, :func:`commit` (a request counts as served from admission);
+the settle path calls :func:`release` for one that was not served. Nothing
+here reads the wall clock: every window, expiry and horizon is computed from
+the event timestamps passed in, so replaying the same events in the same
+order rebuilds byte-identical state (:meth:`FrequencyState.to_json_bytes`).
 
 **Counting.** Each cap is checked against a *log key* named by scope, entity
 and window, e.g. ``campaign:c1:r3600``, ``advertiser:a1:cday@Europe/Berlin``,
@@ -399,9 +400,9 @@ class SettleResult:
     """Result of :func:`commit` / :func:`release`.
 
     ``status``: committed, committed_late (reservation had expired; the
-    impression is counted again), released, duplicate, not_reserved
-    (request was capped), conflict (commit after release or release after
-    commit), unknown (never seen or forgotten). ``changed`` says whether the
+    impression is counted again), released, revoked (a commit taken back),
+    duplicate, not_reserved (request was capped), conflict (commit after
+    release), unknown (never seen or forgotten). ``changed`` says whether the
     row was modified.
     """
 
@@ -678,7 +679,8 @@ def commit(
     pending = state.reservations.pop(request_id, None)
     rec = state.records.get(request_id)
     if pending is not None:
-        _put_record(state, request_id, _Record(stamp_now, "committed", pending.ts_ms))
+        # The keys stay on the record so that a release can still take the slot back.
+        _put_record(state, request_id, _Record(stamp_now, "committed", pending.ts_ms, pending.keys))
         status = "committed"
     elif rec is None:
         status, changed = "unknown", False
@@ -705,11 +707,15 @@ def commit(
 
 
 def release(state: FrequencyState, request_id: str) -> SettleResult:
-    """Give a reserved slot back (the ad was not served). Idempotent.
+    """Give a reserved or committed slot back (the ad was not served). Idempotent.
 
-    Guarantees: the reservation's entries leave every log it was counted
-    in; releasing again, or releasing an expired reservation, changes no
-    count; releasing a committed request is refused (``conflict``).
+    Guarantees: the request's entries leave every log it was counted in
+    (``released`` for a reservation, ``revoked`` for a commit: the admit
+    stage commits at admission, so a release is how a request that was not
+    served stops counting); an entry already outside its window is left
+    alone (it no longer counts anyway); releasing again, or releasing an
+    expired reservation, changes no count; a commit after a release is
+    refused (``conflict``).
     """
     _check_id(request_id)
     pending = state.reservations.pop(request_id, None)
@@ -730,6 +736,10 @@ def release(state: FrequencyState, request_id: str) -> SettleResult:
         return SettleResult("duplicate", False, state)
     if rec.status == "capped":
         return SettleResult("not_reserved", False, state)
+    if rec.status == "committed" and rec.ts_ms is not None:
+        _unreserve(state, _Reservation(rec.ts_ms, rec.keys, rec.ts_ms))
+        _put_record(state, request_id, _Record(stamp, "released", rec.ts_ms))
+        return SettleResult("revoked", True, state)
     return SettleResult("conflict", False, state)
 
 

@@ -671,7 +671,11 @@ class ResolveRequest(_Record):
 
 @dataclass(frozen=True, slots=True)
 class FrequencySettle(_Record):
-    """budget → admit (topic ``ad-requests``, key ``user_id``): commit or release a cap slot."""
+    """budget → admit (topic ``ad-requests``, key ``user_id``): commit or release a cap slot.
+
+    The pipeline sends only releases (admission already commits); ``commit``
+    stays valid so older logs replay.
+    """
 
     KIND: ClassVar[str] = "FrequencySettle"
 

@@ -171,6 +171,9 @@ def test_money_stays_exact_through_sigkills_and_a_rebalance(
         )
         assert state["spent_total"] == filled_spend, cid
         assert state["spent_total"] <= budget_micros, cid
+    # Cap accounting is exact: admission counts a request as served and the
+    # settle releases every one that was not filled, so each user's hourly
+    # log holds exactly their fills (a lost release would leave one more).
     users = asyncio.run(table_snapshot(stack.settings.bootstrap_servers, app_id, "frequency"))
     pending = [
         k
@@ -178,6 +181,18 @@ def test_money_stays_exact_through_sigkills_and_a_rebalance(
         if k.startswith(b"u:") and json.loads(v)["state"]["reservations"]
     ]
     assert not pending, f"{len(pending)} users still hold cap reservations"
+    counted = {
+        (key.decode()[2:], cid): len(
+            json.loads(raw)["state"]["logs"].get(f"campaign:{cid}:r3600", [])
+        )
+        for key, raw in users.items()
+        if key.startswith(b"u:")
+        for cid in CAPS
+    }
+    wrong = {k: (n, per_user.get(k, 0)) for k, n in counted.items() if n != per_user.get(k, 0)}
+    assert not wrong, f"{len(wrong)} (user, campaign) cap counts differ from their fills: " + str(
+        dict(list(wrong.items())[:5])
+    )
     dlq = asyncio.run(read_topic(stack.settings.bootstrap_servers, stack.names.dlq, timeout_s=5))
     assert not dlq, [m.value for m in dlq[:3]]
 

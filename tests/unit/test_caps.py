@@ -245,7 +245,6 @@ def test_idempotent_reserve_commit_release() -> None:
     snapshot = s.to_json_bytes()
     assert commit(s, "a", 600).status == "duplicate"
     assert s.to_json_bytes() == snapshot
-    assert release(s, "a").status == "conflict"
     assert commit(s, "b").status == "conflict"
     assert release(s, "b").status == "duplicate"
     assert commit(s, "x").status == "not_reserved"
@@ -456,3 +455,37 @@ def test_argument_validation() -> None:
     with pytest.raises(ValueError, match="horizon_ms must exceed ttl_ms"):
         check_and_reserve(s, c, None, "a", 1, 10, horizon_ms=10)
     assert s.to_dict() == FrequencyState().to_dict()
+
+
+def test_release_takes_a_committed_slot_back() -> None:
+    # Admission commits at once; a request that is then not served is released.
+    c = campaign([{"limit": 1, "window": "1h"}, {"limit": 3, "window": "lifetime"}])
+    s = FrequencyState()
+    rules = cap_rules(c, None)
+    assert check_and_reserve(s, c, None, "a", 1_000, TTL).status == "reserved"
+    assert commit(s, "a").status == "committed"
+    assert not s.reservations
+    assert [usage(s, r, 1_000) for r in rules] == [1, 1]
+    assert check_and_reserve(s, c, None, "b", 2_000, TTL).status == "capped"
+    # Also after a JSON round trip: the record keeps the keys it counted in.
+    s = FrequencyState.from_json_bytes(s.to_json_bytes())
+    assert release(s, "a").status == "revoked"
+    assert [usage(s, r, 2_000) for r in rules] == [0, 0]
+    snapshot = s.to_json_bytes()
+    assert release(s, "a").status == "duplicate"
+    assert commit(s, "a").status == "conflict"
+    assert s.to_json_bytes() == snapshot
+    assert check_and_reserve(s, c, None, "c", 3_000, TTL).status == "reserved"
+
+
+def test_release_of_a_commit_outside_its_window_changes_nothing_else() -> None:
+    c = campaign([{"limit": 1, "window": "1m"}])  # a window shorter than the record horizon
+    s = FrequencyState()
+    check_and_reserve(s, c, None, "a", 0, TTL)
+    commit(s, "a")
+    # "a" has left its minute (its record is still remembered); "b" counts now.
+    check_and_reserve(s, c, None, "b", 120_000, TTL)
+    commit(s, "b")
+    assert release(s, "a").status == "revoked"
+    assert usage(s, cap_rules(c, None)[0], 120_000) == 1
+    assert check_and_reserve(s, c, None, "x", 120_001, TTL).status == "capped"

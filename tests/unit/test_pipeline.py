@@ -587,3 +587,28 @@ def test_a_pending_count_going_negative_is_logged_once_with_its_request(
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1, errors
     assert "went negative (-1)" in errors[0] and "gone ['r1']" in errors[0]
+
+
+def test_a_fill_sends_no_cap_settle_and_counts_from_admission() -> None:
+    p = Pipeline(directory(campaign(caps=[{"limit": 2, "window": "1h"}])))
+    p.request("r1")
+    p.request("r2", ts=T0 + 1)
+    # In flight already counts as served: the advisory view and the cap agree.
+    assert frequency_snapshot(p.users, "u1", T0 + 2)["served_last_hour"] == 2
+    filled, unfilled = p.resolve_queue
+    p.resolve_queue = []
+    outputs = handle_resolution(
+        p.campaigns, resolution(filled, DecisionStatus.FILLED), p.view, CONFIG, wall_ms=T0 + 50
+    )
+    assert [o.route for o in outputs] == ["decision"]
+    outputs = handle_resolution(
+        p.campaigns, resolution(unfilled, DecisionStatus.NO_FILL), p.view, CONFIG, wall_ms=T0 + 50
+    )
+    assert sorted(o.route for o in outputs) == ["decision", "frequency"]
+    p.route(outputs)
+    assert frequency_snapshot(p.users, "u1", T0 + 60)["served_last_hour"] == 1
+    # The released slot is free again; the filled one is not.
+    p.request("r3", ts=T0 + 70)
+    p.request("r4", ts=T0 + 80)
+    assert len(p.resolve_queue) == 1
+    assert p.decisions[-1].status == DecisionStatus.CAPPED
