@@ -2,7 +2,8 @@
 
 Source ``budget-requests`` (key campaign), one ordered log per campaign
 partition carrying: Admitted requests (reserve), Resolutions from the
-resolve stage (settle: commit at the actual price or release), spend
+resolve stage, many to a message (settle: commit at the actual price or
+release), spend
 adjustments forwarded by the ``spend`` agent, and clock ticks (expire idle
 reservations). A single source topic keeps every write in the campaign's
 changelog partition and makes a replay apply the same events in the same
@@ -39,8 +40,10 @@ from streams.records import (
     Admitted,
     ExpireCommand,
     Resolution,
+    Resolutions,
     SpendEvent,
     Tick,
+    encode,
     message_kind,
 )
 
@@ -96,7 +99,20 @@ def register(app: XspApp) -> None:
                 kind = message_kind(message.value or b"")
                 # The broker timestamp is recorded with the message: replays see it too.
                 wall_ms = int(message.timestamp * 1000)
-                if kind == "resolution":
+                if kind == "resolutions":
+                    batch = decode_or_dead_letter(Resolutions, message.value)
+                    outputs = []
+                    for item in batch.items:
+                        # One bad item must not drop the decisions of the others.
+                        try:
+                            outputs += handle_resolution(store, item, view, config, wall_ms=wall_ms)
+                        except DeadLetterError as exc:
+                            await dead_letter(app, event, STAGE, str(exc), original=encode(item))
+                        except Exception as exc:
+                            log.exception("internal error in %s", STAGE)
+                            reason = f"internal error: {exc!r}"
+                            await dead_letter(app, event, STAGE, reason, original=encode(item))
+                elif kind == "resolution":  # one per message, as older logs hold them
                     resolution = decode_or_dead_letter(Resolution, message.value)
                     outputs = handle_resolution(store, resolution, view, config, wall_ms=wall_ms)
                 elif kind == "spend":

@@ -6,6 +6,7 @@ knows Faust's table and topic objects.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -170,12 +171,21 @@ class Router:
                     self.metrics.observe_decision_latency(max(age_s, 0.0))
 
 
-async def dead_letter(app: XspApp, event: EventT, stage: str, reason: str) -> None:
-    """Send the event's original bytes to the DLQ with the reason and where it came from."""
+async def dead_letter(
+    app: XspApp, event: EventT, stage: str, reason: str, *, original: bytes | None = None
+) -> None:
+    """Send the event's original bytes to the DLQ with the reason and where it came from.
+
+    ``original`` replaces the message's bytes when only part of it is dead
+    (one item of a batch message); the source topic, partition and offset
+    still name the message.
+    """
     if app.xsp_settings.replay_mode:
         return
     message: Any = event.message
     letter = DeadLetter.of(message, stage=stage, reason=reason, dead_at=int(time.time() * 1000))
+    if original is not None:
+        letter = dataclasses.replace(letter, original=original)
     log.info(
         "dead-lettered %s:%d@%d (%s): %s",
         message.topic,

@@ -66,7 +66,7 @@ from streams.devstack import MockAdServerProcess, WorkerProcess
 from streams.edge import EdgeClient, EdgeConfig, SessionContext, create_session, percentile
 from streams.kafka_io import create_xsp_topics, read_topic
 from streams.kafka_local import LocalKafka
-from streams.records import DecisionStatus, request_id_in
+from streams.records import DecisionStatus, request_id_in, resolutions_in
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -546,10 +546,12 @@ async def hop_breakdown(
                 obj = json.loads(message.value or b"")
             except ValueError:
                 continue
-            rid = request_id_in(obj)
-            if rid is not None and rid in seen:  # filled (the others are left out)
-                kind = obj.get("kind", "request")
-                seen[rid].setdefault(kind, message.timestamp)
+            # A Resolutions message carries many requests' outcomes.
+            items = resolutions_in(obj)
+            kind = "resolution" if items else obj.get("kind", "request")
+            for rid in [request_id_in(x) for x in items] or [request_id_in(obj)]:
+                if rid is not None and rid in seen:  # filled (the others are left out)
+                    seen[rid].setdefault(kind, message.timestamp)
     by_rate: dict[str, dict[str, list[float]]] = {}
     for rid, times in seen.items():
         if not all(kind in times for _, kind in _STEPS):

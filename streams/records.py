@@ -34,6 +34,7 @@ __all__ = [
     "ExpireCommand",
     "FrequencySettle",
     "Resolution",
+    "Resolutions",
     "ResolveRequest",
     "SpendEvent",
     "Tick",
@@ -41,6 +42,7 @@ __all__ = [
     "encode",
     "message_kind",
     "request_id_in",
+    "resolutions_in",
 ]
 
 SCHEMA_VERSION = 1
@@ -417,6 +419,61 @@ class Resolution(_Record):
             request_timestamp=r.integer("request_timestamp", required=False, minimum=0),
             reason=r.string("reason", required=False),
         )
+
+
+MAX_RESOLUTIONS_PER_MESSAGE = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Resolutions(_Record):
+    """The Resolutions of one campaign that finished together (topic ``budget-requests``).
+
+    The resolve stage sends one of these per campaign per batching window
+    instead of one message per request: the budget agent then handles many
+    settles in one Faust event. The items keep their completion order, and
+    every item names ``campaign_id`` (the message key).
+    """
+
+    KIND: ClassVar[str] = "Resolutions"
+
+    campaign_id: str
+    items: tuple[Resolution, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "kind": "resolutions",
+            "campaign_id": self.campaign_id,
+            "items": [item.to_dict() for item in self.items],
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Resolutions:
+        r = _Reader(cls.KIND, obj)
+        campaign_id = r.identifier("campaign_id")
+        raw_items = obj.get("items")
+        if not isinstance(raw_items, list) or not raw_items:
+            raise ContractError("Resolutions.items must be a non-empty list")
+        if len(raw_items) > MAX_RESOLUTIONS_PER_MESSAGE:
+            raise ContractError(
+                f"Resolutions.items has {len(raw_items)} entries "
+                f"(at most {MAX_RESOLUTIONS_PER_MESSAGE})"
+            )
+        items = []
+        for i, raw in enumerate(raw_items):
+            if not isinstance(raw, dict):
+                raise ContractError(f"Resolutions.items[{i}] must be an object")
+            try:
+                item = Resolution.from_dict(raw)
+            except ContractError as exc:
+                raise ContractError(f"Resolutions.items[{i}]: {exc}") from None
+            if item.campaign_id != campaign_id:
+                raise ContractError(
+                    f"Resolutions.items[{i}].campaign_id {item.campaign_id!r} "
+                    f"is not the message's {campaign_id!r}"
+                )
+            items.append(item)
+        return cls(campaign_id=campaign_id, items=tuple(items))
 
 
 @dataclass(frozen=True, slots=True)
@@ -815,6 +872,16 @@ def request_id_in(obj: object) -> str | None:
     inner = obj.get("request")
     rid = obj.get("request_id") or (inner.get("request_id") if isinstance(inner, dict) else None)
     return rid if isinstance(rid, str) else None
+
+
+def resolutions_in(obj: object) -> list[dict[str, Any]]:
+    """The Resolution dicts a decoded ``budget-requests`` message carries (none if another kind)."""
+    if not isinstance(obj, dict):
+        return []
+    if obj.get("kind") == "resolution":
+        return [obj]
+    items = obj.get("items") if obj.get("kind") == "resolutions" else None
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def message_kind(raw: bytes) -> str | None:

@@ -16,7 +16,15 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from streams.kafka_io import produce, read_topic
-from streams.records import AdRequest, Decision, DecisionStatus, decode, encode, request_id_in
+from streams.records import (
+    AdRequest,
+    Decision,
+    DecisionStatus,
+    decode,
+    encode,
+    request_id_in,
+    resolutions_in,
+)
 from streams.replay import changelog_topic
 from tests.conftest import Stack
 
@@ -106,7 +114,14 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
     bootstrap = stack.settings.bootstrap_servers
     names = stack.names
     # Pipeline order of the message kinds (a dead letter ends a request's way).
-    rank = {"ad_request": 0, "admitted": 1, "resolve": 2, "resolution": 3, "expire": 3}
+    rank = {
+        "ad_request": 0,
+        "admitted": 1,
+        "resolve": 2,
+        "resolution": 3,
+        "resolutions": 3,
+        "expire": 3,
+    }
     last_seen: dict[str, tuple[int, str]] = {}
     for topic in (names.ad_requests, names.budget_requests, names.resolve_requests, names.dlq):
         for message in await read_topic(bootstrap, topic, timeout_s=20):
@@ -121,17 +136,19 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
                     inner = json.loads(base64.b64decode(obj.get("original_b64", "")))
                 except ValueError:
                     continue
-                rid = request_id_in(inner)
+                rids = [request_id_in(inner)]
                 stage = f"dead-lettered by {obj.get('stage')}: {obj.get('reason', '')[:80]}"
                 step = 9
             else:
-                rid = request_id_in(obj)
                 short = topic.removeprefix(stack.settings.topic_prefix)
                 kind = obj.get("kind", "ad_request")
                 stage = f"{short}:{kind}"
                 step = rank.get(kind, 4)
-            if rid in missing and step >= last_seen.get(rid, (-1, ""))[0]:
-                last_seen[rid] = (step, stage)
+                # A Resolutions message carries the outcomes of many requests.
+                rids = [request_id_in(x) for x in resolutions_in(obj)] or [request_id_in(obj)]
+            for rid in rids:
+                if rid in missing and step >= last_seen.get(rid, (-1, ""))[0]:
+                    last_seen[rid] = (step, stage)
     counted = Counter(last_seen.get(rid, (0, "never produced"))[1] for rid in missing)
     return "last seen: " + "; ".join(f"{n} at {stage}" for stage, n in counted.most_common())
 

@@ -12,7 +12,7 @@ import json
 import time
 
 from streams.kafka_io import read_topic
-from streams.records import AdRequest, DecisionStatus, Resolution, decode
+from streams.records import AdRequest, DecisionStatus, Resolution, resolutions_in
 from tests.conftest import Stack
 from tests.integration.test_money import _whereabouts, await_decisions, campaign, send_requests
 
@@ -63,15 +63,16 @@ def test_resolutions_are_recorded_and_decide_each_request(xsp_stack: Stack) -> N
         read_topic(xsp_stack.settings.bootstrap_servers, xsp_stack.names.budget_requests)
     )
     recorded = [
-        decode(Resolution, m.value or b"")
+        Resolution.from_dict(item)
         for m in log
-        if m.value and json.loads(m.value).get("kind") == "resolution"
+        if m.value
+        for item in resolutions_in(json.loads(m.value))
     ]
     assert {r.request_id for r in recorded} == {r.request_id for r in requests}
     assert all(r.timings_ms.get("total", 0) > 0 for r in recorded)
     # What a test that misses decisions reports about where they got to.
     where = asyncio.run(_whereabouts(xsp_stack, {"chain-ok-0", "chain-ok-1", "never-sent"}))
-    assert where == "last seen: 2 at ad-requests:frequency_settle; 1 at never produced", where
+    assert where == "last seen: 2 at budget-requests:resolutions; 1 at never produced", where
 
     # The worker's Prometheus endpoint counts the same outcomes.
     samples = scrape(f"{xsp_stack.worker_url(worker)}/metrics")
@@ -148,10 +149,10 @@ def test_a_slow_ad_server_delays_only_its_own_requests(xsp_stack: Stack) -> None
         read_topic(xsp_stack.settings.bootstrap_servers, xsp_stack.names.budget_requests)
     )
     recorded_at = {
-        r.request_id: m.timestamp
+        item["request_id"]: m.timestamp
         for m in log
-        if m.value and json.loads(m.value).get("kind") == "resolution"
-        for r in [decode(Resolution, m.value)]
+        if m.value
+        for item in resolutions_in(json.loads(m.value))
     }
     first_slow = min(recorded_at[f"slow-{i}"] for i in range(3))
     last_fast = max(recorded_at[f"fast-{i}"] for i in range(3))

@@ -15,9 +15,11 @@ from streams.records import (
     Decision,
     DecisionStatus,
     Resolution,
+    Resolutions,
     SpendEvent,
     decode,
     encode,
+    resolutions_in,
 )
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -55,6 +57,27 @@ CANONICAL = {
         hops=2,
         timings_ms={"hop1": 12.5, "hop2": 8.0},
         resolved_at=1_764_000_000_050,
+    ),
+    "resolutions": Resolutions(
+        campaign_id="camp-1",
+        items=(
+            Resolution(
+                request_id="req-1",
+                status=DecisionStatus.FILLED,
+                campaign_id="camp-1",
+                ad=AD,
+                hops=2,
+                timings_ms={"hop1": 12.5, "hop2": 8.0},
+                resolved_at=1_764_000_000_050,
+            ),
+            Resolution(
+                request_id="req-3",
+                status=DecisionStatus.NO_FILL,
+                campaign_id="camp-1",
+                vast_error_code=303,
+                resolved_at=1_764_000_000_052,
+            ),
+        ),
     ),
     "decision": Decision(
         request_id="req-1",
@@ -172,3 +195,36 @@ def test_spend_event_allows_refunds_but_needs_integers() -> None:
     assert refund.amount_micros == -5
     with pytest.raises(ContractError, match="amount_micros must be an integer"):
         decode(SpendEvent, b'{"event_id":"e","campaign_id":"c","amount_micros":2.5,"timestamp":1}')
+
+
+def _resolutions(items: object, campaign_id: str = "camp-1") -> bytes:
+    return json.dumps({"kind": "resolutions", "campaign_id": campaign_id, "items": items}).encode()
+
+
+def _item(rid: str, campaign_id: str = "camp-1") -> dict[str, object]:
+    return {"request_id": rid, "status": "no_fill", "campaign_id": campaign_id}
+
+
+@pytest.mark.parametrize(
+    ("items", "reason"),
+    [
+        ([], "items must be a non-empty list"),
+        ({"a": 1}, "items must be a non-empty list"),
+        (["x"], r"items\[0\] must be an object"),
+        ([_item("r1"), {"status": "filled"}], r"items\[1\]: Resolution.request_id is required"),
+        ([_item("r1"), _item("r2", "camp-2")], r"items\[1\].campaign_id 'camp-2' is not"),
+        ([_item(f"r{i}") for i in range(201)], "201 entries"),
+    ],
+)
+def test_a_bad_resolutions_message_names_the_item(items: object, reason: str) -> None:
+    with pytest.raises(ContractError, match=reason):
+        decode(Resolutions, _resolutions(items))
+
+
+def test_resolutions_in_reads_both_message_forms() -> None:
+    single = json.loads(encode(CANONICAL["resolution"]))
+    batch = json.loads(encode(CANONICAL["resolutions"]))
+    assert [r["request_id"] for r in resolutions_in(single)] == ["req-1"]
+    assert [r["request_id"] for r in resolutions_in(batch)] == ["req-1", "req-3"]
+    assert resolutions_in(json.loads(encode(CANONICAL["decision"]))) == []
+    assert resolutions_in(["not", "a", "dict"]) == []
