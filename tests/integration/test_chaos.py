@@ -89,12 +89,9 @@ class Killer(threading.Thread):
 @pytest.mark.xfail(
     strict=False,
     reason="KNOWN FAILURE (issue 5 open): faust-streaming 0.15.3 loses messages across "
-    "rebalances. Session 4 (2026-12-01): memory:// at-least-once passed 4 of 6 runs (two "
-    "left requests undecided, one with a pending count at -1); rocksdb:// at-least-once 3 of 5 "
-    "after the clean-shutdown rule (pending_count -1 once, 1,004 requests never admitted "
-    "once); exactly_once 9,088 of 20,000 undecided "
-    "(ProducerFenced storm, 66 group generations). Session 5 (2026-12-02): memory:// 3 of 4, "
-    "rocksdb:// 2 of 2, exactly_once failed twice.",
+    "rebalances (faust-streaming#318), and its exactly-once producers are fenced on every "
+    "rebalance (faust-streaming#323). Tallies in README 'Known limits'; exactly_once has "
+    "failed every run (about half of 20,000 requests undecided, ProducerFenced storm).",
 )
 @pytest.mark.parametrize(
     ("store", "guarantee"),
