@@ -162,12 +162,14 @@ class _Outbox:
                 self.topic, key=campaign_id.encode(), value=encode(envelope)
             )
             await sent
-        except BaseException as exc:  # the waiting requests fail with it, and stay uncommitted
+        except asyncio.CancelledError:
+            for _, delivered in chunk:
+                delivered.cancel()
+            raise
+        except Exception as exc:  # the waiting requests fail with it, and stay uncommitted
             for _, delivered in chunk:
                 if not delivered.done():
                     delivered.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             return
         for _, delivered in chunk:
             if not delivered.done():

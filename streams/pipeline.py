@@ -412,7 +412,8 @@ def handle_ad_request(
         if rid in row.state.reservations:
             # Counted as served from admission on; only a release (the ad was
             # not served) takes the slot back. A fill then needs no settle
-            # message back to this row: 3 Kafka messages and 1 event fewer.
+            # message back to this row: one message, one Faust event and one
+            # changelog write fewer per fill (bench_pipeline: 14 -> 12 messages).
             row.pending[rid] = campaign.campaign_id  # moves onto the record on save
             caps_logic.commit(row.state, rid)
             row.served = _served_with(row.served, ts, config)
