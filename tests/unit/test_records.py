@@ -37,6 +37,16 @@ AD = AdPayload(
     vast_xml='<VAST version="4.2"/>',
 )
 
+FILLED_RESOLUTION = Resolution(
+    request_id="req-1",
+    status=DecisionStatus.FILLED,
+    campaign_id="camp-1",
+    ad=AD,
+    hops=2,
+    timings_ms={"hop1": 12.5, "hop2": 8.0},
+    resolved_at=1_764_000_000_050,
+)
+
 CANONICAL = {
     "ad_request": AdRequest(
         request_id="req-1",
@@ -49,27 +59,11 @@ CANONICAL = {
         reply_to="edge-1.replies",
         extra={"edge_version": "2.3"},
     ),
-    "resolution": Resolution(
-        request_id="req-1",
-        status=DecisionStatus.FILLED,
-        campaign_id="camp-1",
-        ad=AD,
-        hops=2,
-        timings_ms={"hop1": 12.5, "hop2": 8.0},
-        resolved_at=1_764_000_000_050,
-    ),
+    "resolution": FILLED_RESOLUTION,
     "resolutions": Resolutions(
         campaign_id="camp-1",
         items=(
-            Resolution(
-                request_id="req-1",
-                status=DecisionStatus.FILLED,
-                campaign_id="camp-1",
-                ad=AD,
-                hops=2,
-                timings_ms={"hop1": 12.5, "hop2": 8.0},
-                resolved_at=1_764_000_000_050,
-            ),
+            FILLED_RESOLUTION,
             Resolution(
                 request_id="req-3",
                 status=DecisionStatus.NO_FILL,
