@@ -181,12 +181,12 @@ def _record_key(row_key: str, request_id: str) -> str:
 
 
 def _hydrated(
-    store: RowStore, state_dict: dict[str, Any], row_key: str, ids: Iterable[str]
+    store: RowStore, state_dict: dict[str, Any], row_key: str, ids: Iterable[str], row_seq: int
 ) -> dict[str, Any]:
-    """``state_dict`` with the outcome records of ``ids`` put back, as the logic expects them."""
+    """``state_dict`` with the committed records of ``ids`` put back (see ``_committed``)."""
     records = {}
     for rid in ids:
-        rec = _load(store, _record_key(row_key, rid))
+        rec = _committed(_load(store, _record_key(row_key, rid)), row_seq)
         if rec is not None:
             records[rid] = rec["rec"]
     return {**state_dict, "records": records}
@@ -337,19 +337,29 @@ class _UserRow:
     served: list[int]
     record_campaign: str | None
     wall_ms: int | None = None
+    seq: int = 0
 
 
 def _load_user(store: RowStore, user_id: str, request_id: str) -> _UserRow:
+    """The user's row with the request's record, as far as the row has committed it.
+
+    A request's record is written before the row that counts it (admission)
+    or un-counts it (release); a worker killed in between leaves a record
+    newer than its row, which must not count: the redelivered event then
+    starts from the state its first attempt did (``_committed``).
+    """
     row_key = _user_key(user_id)
     row = _load(store, row_key)
+    seq = row.get("seq", 0) if row else 0
     base = row["state"] if row else caps_logic.FrequencyState().to_dict()
-    state = caps_logic.FrequencyState.from_dict(_hydrated(store, base, row_key, [request_id]))
-    record = _load(store, _record_key(row_key, request_id))
+    state = caps_logic.FrequencyState.from_dict(_hydrated(store, base, row_key, [request_id], seq))
+    record = _committed(_load(store, _record_key(row_key, request_id)), seq)
     return _UserRow(
         state=state,
         pending=dict(row.get("pending", {})) if row else {},
         served=list(row.get("served", [])) if row else [],
         record_campaign=record.get("campaign") if record else None,
+        seq=seq,
     )
 
 
@@ -361,8 +371,9 @@ def _save_user(store: RowStore, user_id: str, row: _UserRow) -> None:
         for rid in list(row.pending)
         if rid not in row.state.reservations
     }
-    slim = _store_records(store, row_key, row.state.to_dict(), extra, row.wall_ms)
-    body = {"state": slim, "pending": row.pending, "served": row.served}
+    seq = row.seq + 1
+    slim = _store_records(store, row_key, row.state.to_dict(), extra, row.wall_ms, seq)
+    body = {"seq": seq, "state": slim, "pending": row.pending, "served": row.served}
     store.put(row_key, canonical_json(body))
 
 

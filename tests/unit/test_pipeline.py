@@ -612,3 +612,44 @@ def test_a_fill_sends_no_cap_settle_and_counts_from_admission() -> None:
     p.request("r4", ts=T0 + 80)
     assert len(p.resolve_queue) == 1
     assert p.decisions[-1].status == DecisionStatus.CAPPED
+
+
+@pytest.mark.parametrize("event", ["admission", "release"])
+def test_a_redelivered_user_event_after_a_partial_changelog_flush_counts_the_same(
+    event: str,
+) -> None:
+    """SIGKILL between the outcome record's write and the user row's, then redelivery.
+
+    Admission writes the request's record and then the row that counts it; a
+    record that outlived its row must not make the redelivered request look
+    counted (one ad over the cap) or a release look done (a slot lost).
+    """
+    view = directory(campaign(caps=[{"limit": 1, "window": "1h"}]))
+    request = AdRequest(request_id="r1", user_id="u", timestamp=T0)
+    release = FrequencySettle(request_id="r1", user_id="u", action="release", timestamp=T0)
+    store = RecordingStore()
+    if event == "release":
+        handle_ad_request(store, request, view, CONFIG)
+        store.log.clear()
+    before = dict(store.data)
+    if event == "admission":
+        handle_ad_request(store, request, view, CONFIG)
+    else:
+        handle_frequency_settle(store, release, CONFIG)
+    assert len(store.log) >= 2  # a record and the row
+    for keep in range(len(store.log)):  # every possible crash point
+        probe = RecordingStore()
+        probe.data, probe.log = dict(store.data), list(store.log)
+        crash_after(probe, before, keep)
+        if event == "admission":
+            outputs = handle_ad_request(probe, request, view, CONFIG)
+            assert [o.route for o in outputs] == ["budget"], keep
+            # Counted exactly once: the next request of the hour is capped.
+            later = AdRequest(request_id="r2", user_id="u", timestamp=T0 + 1)
+            [capped] = handle_ad_request(probe, later, view, CONFIG)
+            assert decode(Decision, capped.value).status == DecisionStatus.CAPPED, keep
+        else:
+            handle_frequency_settle(probe, release, CONFIG)
+            later = AdRequest(request_id="r2", user_id="u", timestamp=T0 + 1)
+            outputs = handle_ad_request(probe, later, view, CONFIG)
+            assert [o.route for o in outputs] == ["budget"], keep  # the slot is free again
