@@ -167,3 +167,16 @@ def xsp_stack(xsp_settings: Settings, mock_adserver: str, tmp_path: Path) -> Ite
         yield stack
     finally:
         stack.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print why each known failure failed: the xfail summary shows only the marker's reason.
+
+    The chaos test's assertion messages say how far undecided requests got;
+    without this they were lost in every CI log.
+    """
+    for report in terminalreporter.stats.get("xfailed", []):
+        crash = getattr(report.longrepr, "reprcrash", None)
+        if crash is not None:
+            message = " ".join(str(crash.message).split())
+            terminalreporter.write_line(f"XFAIL cause {report.nodeid}: {message[:3000]}")
