@@ -48,40 +48,77 @@ def test_large_ads_split_messages_by_size_and_a_huge_one_goes_alone() -> None:
 
 
 class _Producer:
-    """Records what the outbox sends; fails every send if ``error`` is set."""
+    """Records what the outbox sends; acks once ``release`` is set; ``error`` fails every send."""
 
     def __init__(self, error: Exception | None = None) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.error = error
+        self.release = asyncio.Event()
+        self.release.set()
 
     async def send(self, topic: str, *, key: bytes, value: bytes) -> asyncio.Future[None]:
         if self.error is not None:
             raise self.error
         self.sent.append((topic, key, value))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        return asyncio.ensure_future(self.release.wait())
+
+    def batches(self) -> list[tuple[bytes, list[str]]]:
+        return [
+            (key, [x.request_id for x in decode(Resolutions, v).items]) for _, key, v in self.sent
+        ]
 
 
 def _resolution(rid: str, campaign_id: str) -> Resolution:
     return Resolution(request_id=rid, status=DecisionStatus.NO_FILL, campaign_id=campaign_id)
 
 
-def test_one_message_per_campaign_per_window_and_a_failed_send_fails_its_requests() -> None:
+def test_resolutions_of_one_loop_turn_leave_together_one_message_per_campaign() -> None:
     async def run() -> None:
         producer = _Producer()
-        outbox = _Outbox(producer, "budget-requests", window_s=0.01)  # type: ignore[arg-type]
+        outbox = _Outbox(producer, "budget-requests")  # type: ignore[arg-type]
         waits = [outbox.add(_resolution(f"r{i}", "c1" if i < 3 else "c2")) for i in range(5)]
         await asyncio.wait_for(asyncio.gather(*waits), timeout=5)
-        sent = sorted(
-            (key, [x.request_id for x in decode(Resolutions, v).items])
-            for _, key, v in producer.sent
-        )
-        assert sent == [(b"c1", ["r0", "r1", "r2"]), (b"c2", ["r3", "r4"])]
+        assert sorted(producer.batches()) == [(b"c1", ["r0", "r1", "r2"]), (b"c2", ["r3", "r4"])]
 
-        failing = _Outbox(_Producer(OSError("broker gone")), "t", window_s=0.01)  # type: ignore[arg-type]
+    asyncio.run(run())
+
+
+def test_a_lone_resolution_waits_for_nothing_and_batches_form_only_while_one_is_in_flight() -> None:
+    async def run() -> None:
+        producer = _Producer()
+        outbox = _Outbox(producer, "budget-requests")  # type: ignore[arg-type]
+        producer.release.clear()  # the broker has not acknowledged yet
+        first = outbox.add(_resolution("r0", "c1"))
+        await asyncio.sleep(0.01)
+        assert producer.batches() == [(b"c1", ["r0"])]  # sent without waiting for company
+        later = [outbox.add(_resolution(f"r{i}", "c1")) for i in (1, 2)]
+        other = outbox.add(_resolution("r3", "c2"))  # another campaign is not held back
+        await asyncio.sleep(0.01)
+        assert producer.batches() == [(b"c1", ["r0"]), (b"c2", ["r3"])]
+        assert not first.done() and not any(w.done() for w in later)
+        producer.release.set()
+        await asyncio.wait_for(asyncio.gather(first, other, *later), timeout=5)
+        assert producer.batches() == [(b"c1", ["r0"]), (b"c2", ["r3"]), (b"c1", ["r1", "r2"])]
+
+    asyncio.run(run())
+
+
+def test_a_failed_send_fails_its_requests_and_close_cancels_the_unsent() -> None:
+    async def run() -> None:
+        failing = _Outbox(_Producer(OSError("broker gone")), "t")  # type: ignore[arg-type]
         lost = [failing.add(_resolution("r9", "c1")), failing.add(_resolution("r10", "c1"))]
         results = await asyncio.gather(*lost, return_exceptions=True)
         assert [type(r) for r in results] == [OSError, OSError]
+
+        producer = _Producer()
+        producer.release.clear()
+        outbox = _Outbox(producer, "t")  # type: ignore[arg-type]
+        in_flight = outbox.add(_resolution("r1", "c1"))
+        await asyncio.sleep(0.01)
+        queued = outbox.add(_resolution("r2", "c1"))
+        outbox.close()
+        await asyncio.sleep(0.01)
+        assert in_flight.cancelled() and queued.cancelled()
+        assert producer.batches() == [(b"c1", ["r1"])]
 
     asyncio.run(run())
