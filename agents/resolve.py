@@ -136,21 +136,21 @@ class _Outbox:
         self.producer = producer
         self.topic = topic
         self.waiting: dict[str, list[tuple[Resolution, asyncio.Future[None]]]] = {}
-        self.scheduled: set[str] = set()
         self.in_flight: dict[str, asyncio.Task[None]] = {}
 
     def add(self, resolution: Resolution) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         delivered: asyncio.Future[None] = loop.create_future()
         campaign_id = resolution.campaign_id or ""
-        self.waiting.setdefault(campaign_id, []).append((resolution, delivered))
-        if campaign_id not in self.in_flight and campaign_id not in self.scheduled:
-            self.scheduled.add(campaign_id)
+        entries = self.waiting.setdefault(campaign_id, [])
+        entries.append((resolution, delivered))
+        # The first one waiting schedules the flush; while a message is in
+        # flight, its acknowledgement flushes instead.
+        if len(entries) == 1 and campaign_id not in self.in_flight:
             loop.call_soon(self._flush, campaign_id)
         return delivered
 
     def _flush(self, campaign_id: str) -> None:
-        self.scheduled.discard(campaign_id)
         if campaign_id in self.in_flight:
             return  # the message in flight flushes this campaign when it is acknowledged
         entries = self.waiting.pop(campaign_id, None)
@@ -194,7 +194,6 @@ class _Outbox:
 
     def close(self) -> None:
         """Drop what has not been sent (its requests stay uncommitted and are re-read)."""
-        self.scheduled.clear()
         for entries in self.waiting.values():
             for _, delivered in entries:
                 delivered.cancel()
