@@ -1,12 +1,15 @@
 """admit: validate ad requests, dedupe, choose a campaign, check caps and reserve a slot.
 
-Source ``ad-requests`` (key user). Besides the edge's requests it carries
-the budget agent's cap releases (unfilled requests) and pruning ticks for the
-same users: one source topic for the frequency table means the table is a
-fold over one ordered log per partition, so a replay applies the same
-events in the same order and rebuilds the same bytes. Concurrency 1 (table
-writers never run concurrently). Invalid input never stops the worker: it
-goes to the dead-letter topic with the reason.
+Source ``ad-requests`` (key user), taken in batches of what arrives within
+``XSP_ADMIT_BATCH_WINDOW_MS``: the requests of one batch admitted for one
+campaign travel to the budget agent in one ``AdmittedBatch`` message.
+Besides the edge's requests it carries the budget agent's cap releases
+(unfilled requests) and pruning ticks for the same users: one source topic
+for the frequency table means the table is a fold over one ordered log per
+partition, so a replay applies the same events in the same order and
+rebuilds the same bytes. Concurrency 1 (table writers never run
+concurrently). Invalid input never stops the worker: it goes to the
+dead-letter topic with the reason.
 """
 
 from __future__ import annotations
@@ -15,17 +18,20 @@ import logging
 import time
 
 from faust import StreamT
+from faust.types import EventT
 
-from agents.wiring import Router, TableStore, dead_letter, owned_by
+from agents.wiring import Router, TableStore, dead_letter, owned_by, processing
 from streams.admission import validate_ad_request
 from streams.app import XspApp
 from streams.pipeline import (
     DeadLetterError,
+    Output,
     decode_or_dead_letter,
     exhausted_campaigns,
     handle_ad_request,
     handle_campaign_status,
     handle_frequency_settle,
+    pack_admissions,
     prune_records,
 )
 from streams.records import CampaignStatus, ContractError, FrequencySettle, Tick, message_kind
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 __all__ = ["register"]
 
 STAGE = "admit"
+# At most this many events per batch (the window usually closes first).
+BATCH_EVENTS = 500
 
 
 def register(app: XspApp) -> None:
@@ -45,54 +53,69 @@ def register(app: XspApp) -> None:
     metrics = app.xsp_metrics
     partitions = settings.partitions
 
+    async def admit_one(event: EventT) -> list[Output]:
+        """One event's outputs; invalid input is dead-lettered (no outputs)."""
+        message = event.message
+        metrics.event_in(STAGE, message.topic)
+        config = app.xsp_pipeline
+        try:
+            kind = message_kind(message.value or b"")
+            # The broker timestamp is recorded with the message: replays see it too.
+            wall_ms = int(message.timestamp * 1000)
+            if kind == "frequency_settle":
+                settle = decode_or_dead_letter(FrequencySettle, message.value)
+                return handle_frequency_settle(store, settle, config, wall_ms=wall_ms)
+            if kind == "campaign_status":
+                status = decode_or_dead_letter(CampaignStatus, message.value)
+                handle_campaign_status(store, status, message.partition)
+                return []
+            if kind == "tick":
+                tick = decode_or_dead_letter(Tick, message.value)
+                prune_records(
+                    store,
+                    Tick(timestamp=wall_ms, prune=tick.prune),
+                    config,
+                    owned_by(message.partition, partitions),
+                )
+                return []
+            request = validate_ad_request(
+                message.value,
+                now_ms=int(time.time() * 1000),
+                max_future_skew_ms=settings.max_future_skew_ms,
+            )
+            return handle_ad_request(
+                store,
+                request,
+                app.xsp_directory.view,
+                config,
+                wall_ms=wall_ms,
+                exhausted=exhausted_campaigns(store, message.partition),
+            )
+        except (ContractError, DeadLetterError) as exc:
+            await dead_letter(app, event, STAGE, str(exc))
+        except Exception as exc:
+            # A bug must not become a poison pill that stops the partition:
+            # the input is kept in the DLQ and its reservation will expire.
+            log.exception("internal error in %s", STAGE)
+            await dead_letter(app, event, STAGE, f"internal error: {exc!r}")
+        return []
+
     @app.agent(app.xsp_topics.ad_requests, name=STAGE, concurrency=1)
     async def admit(stream: StreamT) -> None:
         await app.xsp_directory.wait_ready()
-        async for event in stream.events():
-            message = event.message
-            metrics.event_in(STAGE, message.topic)
-            config = app.xsp_pipeline
-            try:
-                kind = message_kind(message.value or b"")
-                # The broker timestamp is recorded with the message: replays see it too.
-                wall_ms = int(message.timestamp * 1000)
-                if kind == "frequency_settle":
-                    settle = decode_or_dead_letter(FrequencySettle, message.value)
-                    outputs = handle_frequency_settle(store, settle, config, wall_ms=wall_ms)
-                elif kind == "campaign_status":
-                    status = decode_or_dead_letter(CampaignStatus, message.value)
-                    handle_campaign_status(store, status, message.partition)
-                    outputs = []
-                elif kind == "tick":
-                    tick = decode_or_dead_letter(Tick, message.value)
-                    prune_records(
-                        store,
-                        Tick(timestamp=wall_ms, prune=tick.prune),
-                        config,
-                        owned_by(message.partition, partitions),
-                    )
-                    outputs = []
-                else:
-                    request = validate_ad_request(
-                        message.value,
-                        now_ms=int(time.time() * 1000),
-                        max_future_skew_ms=settings.max_future_skew_ms,
-                    )
-                    outputs = handle_ad_request(
-                        store,
-                        request,
-                        app.xsp_directory.view,
-                        config,
-                        wall_ms=wall_ms,
-                        exhausted=exhausted_campaigns(store, message.partition),
-                    )
-            except (ContractError, DeadLetterError) as exc:
-                await dead_letter(app, event, STAGE, str(exc))
-                continue
-            except Exception as exc:
-                # A bug must not become a poison pill that stops the partition:
-                # the input is kept in the DLQ and its reservation will expire.
-                log.exception("internal error in %s", STAGE)
-                await dead_letter(app, event, STAGE, f"internal error: {exc!r}")
-                continue
-            await router.send(outputs)
+        window_s = settings.admit_batch_window_ms / 1000
+        # take_events acks a batch's events only after this body has handed
+        # their outputs to the producer, and a commit drains the producer first,
+        # so a batched send is as safe as one send per event (at least once).
+        async for events in stream.take_events(BATCH_EVENTS, within=window_s):
+            # One envelope per campaign and source partition: under exactly-once
+            # an envelope must travel in its events' partition's transaction.
+            by_partition: dict[int, tuple[EventT, list[Output]]] = {}
+            for event in events:
+                with processing(event):
+                    outputs = await admit_one(event)
+                _, pending = by_partition.get(event.message.partition, (event, []))
+                by_partition[event.message.partition] = (event, pending + outputs)
+            for last_event, outputs in by_partition.values():
+                with processing(last_event):
+                    await router.send(pack_admissions(outputs))

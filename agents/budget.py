@@ -1,24 +1,25 @@
 """budget: reserve, settle and adjust campaign spend — the one writer of the budget table.
 
 Source ``budget-requests`` (key campaign), one ordered log per campaign
-partition carrying: Admitted requests (reserve), Resolutions from the
-resolve stage, many to a message (settle: commit at the actual price or
-release), spend
-adjustments forwarded by the ``spend`` agent, and clock ticks (expire idle
-reservations). A single source topic keeps every write in the campaign's
-changelog partition and makes a replay apply the same events in the same
-order. Settling lives here, not in a separate agent, because the commit must
-happen in the campaign's row: a separate settle agent would add one Kafka
-hop per request.
+partition carrying: Admitted requests from admit, many to a message
+(reserve), Resolutions from the resolve stage, many to a message (settle:
+commit at the actual price or release), spend adjustments forwarded by the
+``spend`` agent, and clock ticks (expire idle reservations). A single source
+topic keeps every write in the campaign's changelog partition and makes a
+replay apply the same events in the same order. Settling lives here, not in
+a separate agent, because the commit must happen in the campaign's row: a
+separate settle agent would add one Kafka hop per request.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from faust import StreamT
+from faust.types import EventT
 
 from agents.wiring import Router, TableStore, dead_letter, owned_by
 from streams.app import XspApp
@@ -26,6 +27,8 @@ from streams.faust_router import partition_of
 from streams.metrics import Metrics
 from streams.pipeline import (
     DeadLetterError,
+    DeferredRowStore,
+    Output,
     budget_snapshot,
     decode_or_dead_letter,
     handle_admitted,
@@ -38,6 +41,7 @@ from streams.pipeline import (
 )
 from streams.records import (
     Admitted,
+    AdmittedBatch,
     ExpireCommand,
     Resolution,
     Resolutions,
@@ -87,6 +91,32 @@ def register(app: XspApp) -> None:
     pending_since: dict[str, int] = {}
     open_by_partition: dict[int, int] = {}
 
+    async def handle_each(
+        event: EventT, items: Sequence[Any], handler: Callable[..., list[Output]]
+    ) -> list[Output]:
+        """Handle every item of a batch message, writing the campaign row once at the end.
+
+        One bad item is dead-lettered with its own bytes; the others are still
+        decided (``DeferredRowStore`` says why the held-back row stays exact).
+        """
+        deferred = DeferredRowStore(store)
+        view, config = app.xsp_directory.view, app.xsp_pipeline
+        wall_ms = int(event.message.timestamp * 1000)
+        outputs: list[Output] = []
+        try:
+            for item in items:
+                try:
+                    outputs += handler(deferred, item, view, config, wall_ms=wall_ms)
+                except DeadLetterError as exc:
+                    await dead_letter(app, event, STAGE, str(exc), original=encode(item))
+                except Exception as exc:
+                    log.exception("internal error in %s", STAGE)
+                    reason = f"internal error: {exc!r}"
+                    await dead_letter(app, event, STAGE, reason, original=encode(item))
+        finally:
+            deferred.flush()
+        return outputs
+
     @app.agent(app.xsp_topics.budget_requests, name=STAGE, concurrency=1)
     async def budget(stream: StreamT) -> None:
         await app.xsp_directory.wait_ready()
@@ -101,17 +131,10 @@ def register(app: XspApp) -> None:
                 wall_ms = int(message.timestamp * 1000)
                 if kind == "resolutions":
                     batch = decode_or_dead_letter(Resolutions, message.value)
-                    outputs = []
-                    for item in batch.items:
-                        # One bad item must not drop the decisions of the others.
-                        try:
-                            outputs += handle_resolution(store, item, view, config, wall_ms=wall_ms)
-                        except DeadLetterError as exc:
-                            await dead_letter(app, event, STAGE, str(exc), original=encode(item))
-                        except Exception as exc:
-                            log.exception("internal error in %s", STAGE)
-                            reason = f"internal error: {exc!r}"
-                            await dead_letter(app, event, STAGE, reason, original=encode(item))
+                    outputs = await handle_each(event, batch.items, handle_resolution)
+                elif kind == "admitted_batch":
+                    admissions = decode_or_dead_letter(AdmittedBatch, message.value)
+                    outputs = await handle_each(event, admissions.items, handle_admitted)
                 elif kind == "resolution":  # one per message, as older logs hold them
                     resolution = decode_or_dead_letter(Resolution, message.value)
                     outputs = handle_resolution(store, resolution, view, config, wall_ms=wall_ms)
@@ -142,7 +165,7 @@ def register(app: XspApp) -> None:
                     _report_budgets(
                         store, mine, view, metrics, message.partition, open_by_partition
                     )
-                else:
+                else:  # one Admitted per message, as older logs hold them
                     admitted = decode_or_dead_letter(Admitted, message.value)
                     outputs = handle_admitted(store, admitted, view, config, wall_ms=wall_ms)
             except DeadLetterError as exc:

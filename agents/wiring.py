@@ -6,13 +6,16 @@ knows Faust's table and topic objects.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from faust import streams as faust_streams
 from faust.exceptions import ProducerSendError
 from faust.streams import current_event
 from faust.types import EventT, TableT, TopicT
@@ -23,7 +26,7 @@ from streams.key_groups import GroupedDict
 from streams.pipeline import Output, row_owner
 from streams.records import DeadLetter, encode, request_id_in
 
-__all__ = ["Router", "TableStore", "dead_letter", "owned_by"]
+__all__ = ["Router", "TableStore", "dead_letter", "owned_by", "processing"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,23 @@ class TableStore:
         items = [(k, v) for k, v in self.table.items() if bytes(k).startswith(wanted)]
         for key, value in items:
             yield bytes(key).decode(), bytes(value)
+
+
+@contextlib.contextmanager
+def processing(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event for the block (an agent that takes batches).
+
+    Faust sets the current event only while a stream yields events one at a
+    time; ``stream.take_events`` hands over a list. A table write finds its
+    changelog partition, and an exactly-once send its transaction, from the
+    current event, so each event of a batch is processed inside this block.
+    This sets faust-streaming's private context variable (pinned version).
+    """
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
 
 
 def owned_by(partition: int, partitions: int) -> Callable[[str], bool]:

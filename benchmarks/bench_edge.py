@@ -70,7 +70,7 @@ from streams.devstack import MockAdServerProcess, WorkerProcess
 from streams.edge import EdgeClient, EdgeConfig, SessionContext, create_session, percentile
 from streams.kafka_io import create_xsp_topics, read_topic
 from streams.kafka_local import LocalKafka
-from streams.records import DecisionStatus, request_id_in, resolutions_in
+from streams.records import DecisionStatus, request_id_in, unbatched
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -565,12 +565,11 @@ async def hop_breakdown(
                 obj = json.loads(message.value or b"")
             except ValueError:
                 continue
-            # A Resolutions message carries many requests' outcomes.
-            items = resolutions_in(obj)
-            kind = "resolution" if items else obj.get("kind", "request")
-            for rid in [request_id_in(x) for x in items] or [request_id_in(obj)]:
+            # Batch messages (Admitted, Resolutions) carry many requests each.
+            for kind, item in unbatched(obj):
+                rid = request_id_in(item)
                 if rid is not None and rid in seen:  # filled (the others are left out)
-                    seen[rid].setdefault(kind, message.timestamp)
+                    seen[rid].setdefault(kind or "request", message.timestamp)
     by_rate: dict[str, dict[str, list[float]]] = {}
     for rid, times in seen.items():
         if not all(kind in times for _, kind in _STEPS):

@@ -1,7 +1,7 @@
 """End-to-end pipeline benchmark: one xsp worker process against a real local Apache Kafka.
 
-Usage: ``python -m benchmarks.bench_pipeline [--quick] [--only memory] [--json-out PATH]
-[--store memory|rocksdb]``
+Usage: ``python -m benchmarks.bench_pipeline [--quick] [--only memory|throughput]
+[--latency-rate R] [--json-out PATH] [--store memory|rocksdb]``
 
 Everything runs on 127.0.0.1 in one temporary folder, in one run:
 
@@ -605,6 +605,7 @@ async def bench_peak_and_latency(
     plan: Plan,
     cleanup: Cleanup,
     profile: Path | None,
+    latency_rate: float | None = None,
 ) -> dict[str, Any]:
     names = TopicNames.from_prefix(settings.topic_prefix)
     await create_xsp_topics(bootstrap, names, partitions=settings.partitions)
@@ -663,8 +664,8 @@ async def bench_peak_and_latency(
             f"{out['peak']['worker_cpu_ms_per_decision'] or 0:.2f} ms/decision"
         )
 
-        # ---- latency at half of peak
-        rate = max(dps / 2, 5.0)
+        # ---- latency at half of peak (or at the rate asked for)
+        rate = latency_rate or max(dps / 2, 5.0)
         _log(f"latency: {rate:.0f} requests/s for {plan.latency_s:.0f} s")
         await asyncio.sleep(3.0)
         paced = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
@@ -693,6 +694,7 @@ async def bench_peak_and_latency(
         lat = _lat_summary(latencies)
         lat.update(
             rate=rate,
+            rate_given=latency_rate is not None,
             duration_s=plan.latency_s,
             sent=len(lat_ids),
             complete=lat_complete,
@@ -1263,8 +1265,9 @@ def render(r: dict[str, Any]) -> str:
         f"{_fmt(peak.get('worker_rss_mb'))} MB"
     )
     lines.append(
-        f"3. latency   at {_fmt(lat.get('rate'))} req/s (50 % of peak) for "
-        f"{_fmt(lat.get('duration_s'))} s: request->decision p50 {_fmt(lat.get('p50_ms'))} ms, "
+        f"3. latency   at {_fmt(lat.get('rate'))} req/s "
+        + ("(--latency-rate) for " if lat.get("rate_given") else "(50 % of peak) for ")
+        + f"{_fmt(lat.get('duration_s'))} s: request->decision p50 {_fmt(lat.get('p50_ms'))} ms, "
         f"p99 {_fmt(lat.get('p99_ms'))} ms, max {_fmt(lat.get('max_ms'))} ms "
         f"({lat.get('sent')} sent, complete {lat.get('complete')})"
     )
@@ -1280,8 +1283,9 @@ def render(r: dict[str, Any]) -> str:
         f"            raw aiokafka 3-hop chain, same rate: p50 {_fmt(chain.get('p50_ms'))} ms, "
         f"p99 {_fmt(chain.get('p99_ms'))} ms"
     )
-    if r.get("only"):  # phases 1-3 were not run
-        lines[phases_from:] = [f"1.-3.       skipped (--only {r['only']})"]
+    if r.get("only") == "memory":  # phases 1-3 were not run
+        lines[phases_from:] = ["1.-3.       skipped (--only memory)"]
+    memory_from = len(lines)
     sizes = ", ".join(f"{k} {n} B" for k, n in mem.get("bytes_per_row", {}).items())
     lines.append(
         f"4. memory    store {mem.get('store')}: {_fmt(mem.get('users'), ',')} distinct users "
@@ -1337,6 +1341,8 @@ def render(r: dict[str, Any]) -> str:
             f"{_fmt(restore.get('records_per_s'))} records/s; whole restore "
             f"{_fmt(restore.get('restore_s_extrapolated'))} s (EXTRAPOLATED, time only)"
         )
+    if r.get("only") == "throughput":  # phases 4-5 were not run
+        lines[memory_from:] = ["4.-5.       skipped (--only throughput)"]
     lines.append("-" * 72)
     lines.append(f"{'target':44s}{'result':>16s}  verdict")
     rows = [
@@ -1397,9 +1403,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--only",
-        choices=("memory",),
+        choices=("memory", "throughput"),
         default=None,
-        help="run only this phase (memory = phases 4 and 5), to iterate on it",
+        help="run only these phases (throughput = 1-3, memory = 4 and 5), to iterate on them",
+    )
+    ap.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="requests/s of phase 3 (default: half of the measured peak)",
     )
     ap.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (worker and broker logs)"
@@ -1453,7 +1465,7 @@ def main(argv: list[str] | None = None) -> int:
             vast_allowed_networks="127.0.0.1/32",
             log_level="info",
         )
-        if args.only is None:
+        if args.only != "memory":
             _log(f"ceiling: raw aiokafka loop over {plan.ceiling_n} messages")
             result["ceiling"] = asyncio.run(bench_ceiling(bootstrap, f"raw{run}.", plan.ceiling_n))
             _log(f"ceiling: {result['ceiling']['msgs_per_s']:.0f} msgs/s")
@@ -1474,17 +1486,19 @@ def main(argv: list[str] | None = None) -> int:
                         plan,
                         cleanup,
                         args.profile,
+                        args.latency_rate,
                     )
                 )
             )
-        mem_settings = base.with_overrides(
-            app_id=f"mem-{run}", topic_prefix=f"mem{run}.", store="rocksdb://"
-        )
-        result["memory"] = asyncio.run(
-            bench_memory_and_recovery(
-                bootstrap, mem_settings, workdir, mock.base_url, plan, cleanup
+        if args.only != "throughput":
+            mem_settings = base.with_overrides(
+                app_id=f"mem-{run}", topic_prefix=f"mem{run}.", store="rocksdb://"
             )
-        )
+            result["memory"] = asyncio.run(
+                bench_memory_and_recovery(
+                    bootstrap, mem_settings, workdir, mock.base_url, plan, cleanup
+                )
+            )
     except KeyboardInterrupt:
         _log("interrupted; stopping everything")
         code = 130

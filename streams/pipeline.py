@@ -48,6 +48,7 @@ from streams import caps as caps_logic
 from streams.campaign import Campaign
 from streams.campaign_directory import DirectoryView
 from streams.records import (
+    MAX_ADMITTED_PER_MESSAGE,
     Admitted,
     AdPayload,
     AdRequest,
@@ -61,12 +62,14 @@ from streams.records import (
     ResolveRequest,
     SpendEvent,
     Tick,
+    admitted_batch_bytes,
     decode,
     encode,
 )
 
 __all__ = [
     "DeadLetterError",
+    "DeferredRowStore",
     "Output",
     "PipelineConfig",
     "RowStore",
@@ -81,6 +84,7 @@ __all__ = [
     "handle_frequency_settle",
     "handle_resolution",
     "handle_spend",
+    "pack_admissions",
     "pending_reservations",
     "plan_expiry",
     "prune_records",
@@ -162,6 +166,95 @@ class PipelineConfig:
     max_hops: int = 5
     served_log_ms: int = 86_400_000
     served_log_max: int = 1_000
+
+
+def pack_admissions(
+    outputs: Iterable[Output], max_items: int = MAX_ADMITTED_PER_MESSAGE
+) -> list[Output]:
+    """admit's outputs with its Admitted records packed into ``AdmittedBatch`` messages.
+
+    ``outputs`` are what ``handle_ad_request`` returned for a batch of events
+    of one source partition; every ``budget`` output among them is an
+    Admitted. Guarantees: the other outputs are kept, in order; each
+    campaign's Admitted items keep their order and travel in as few messages
+    as ``max_items`` allows (one per campaign up to that size).
+    """
+    others: list[Output] = []
+    by_campaign: dict[str, list[bytes]] = {}
+    for output in outputs:
+        if output.route == "budget":
+            by_campaign.setdefault(output.key, []).append(output.value)
+        else:
+            others.append(output)
+    packed = [
+        Output("budget", campaign_id, admitted_batch_bytes(campaign_id, items[i : i + max_items]))
+        for campaign_id, items in by_campaign.items()
+        for i in range(0, len(items), max_items)
+    ]
+    return others + packed
+
+
+class DeferredRowStore:
+    """A ``RowStore`` that holds back campaign-row (``c:``) writes until ``flush``.
+
+    The budget agent handles every item of a batch message through one of
+    these, so a campaign row is written to the table (and its changelog)
+    once per message instead of once per request. Side keys (``p:``, ``r:``,
+    ``s:``) are written through as usual. This keeps the crash rule of
+    ``_committed``: side writes carry the seq of a row write that comes
+    later, so a worker killed before ``flush`` leaves them uncommitted and the
+    redelivered message starts again from the last committed row. One rule
+    keeps ``prev`` chains whole: a side key is never overwritten while its
+    previous version waits for a held-back row, so a second write of a side
+    key within one message flushes the rows first.
+    """
+
+    def __init__(self, store: RowStore) -> None:
+        self.store = store
+        self._rows: dict[str, bytes | None] = {}
+        self._written: set[str] = set()
+
+    @staticmethod
+    def _is_row(key: str) -> bool:
+        return key.startswith("c:")
+
+    def get(self, key: str) -> bytes | None:
+        if key in self._rows:
+            return self._rows[key]
+        return self.store.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        if self._is_row(key):
+            self._rows[key] = value
+            return
+        self._side_write(key)
+        self.store.put(key, value)
+
+    def delete(self, key: str) -> None:
+        if self._is_row(key):
+            self._rows[key] = None
+            return
+        self._side_write(key)
+        self.store.delete(key)
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        self.flush()
+        return self.store.scan(prefix)
+
+    def _side_write(self, key: str) -> None:
+        if key in self._written:
+            self.flush()
+        self._written.add(key)
+
+    def flush(self) -> None:
+        """Write the held-back rows (after every side key written so far)."""
+        for key, value in self._rows.items():
+            if value is None:
+                self.store.delete(key)
+            else:
+                self.store.put(key, value)
+        self._rows.clear()
+        self._written.clear()
 
 
 class DeadLetterError(ValueError):

@@ -61,6 +61,7 @@ class Settings:
     standby_replicas: int = 0
     log_format: str = "text"
     commit_stuck_after_s: float = 20.0
+    admit_batch_window_ms: int = 3
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -139,6 +140,11 @@ class Settings:
             raise SettingsError(
                 f"XSP_COMMIT_STUCK_AFTER_S must be > 0, got {self.commit_stuck_after_s}"
             )
+        if not 1 <= self.admit_batch_window_ms <= 1000:
+            raise SettingsError(
+                "XSP_ADMIT_BATCH_WINDOW_MS must be between 1 and 1000, "
+                f"got {self.admit_batch_window_ms}"
+            )
         if self.session_timeout_s <= self.heartbeat_interval_s:
             raise SettingsError(
                 "XSP_SESSION_TIMEOUT_S must be greater than XSP_HEARTBEAT_INTERVAL_S"
@@ -174,6 +180,7 @@ ENV_VARS: dict[str, str] = {
     "standby_replicas": "XSP_STANDBY_REPLICAS",
     "log_format": "XSP_LOG_FORMAT",
     "commit_stuck_after_s": "XSP_COMMIT_STUCK_AFTER_S",
+    "admit_batch_window_ms": "XSP_ADMIT_BATCH_WINDOW_MS",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

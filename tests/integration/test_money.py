@@ -23,7 +23,7 @@ from streams.records import (
     decode,
     encode,
     request_id_in,
-    resolutions_in,
+    unbatched,
 )
 from streams.replay import changelog_topic
 from tests.conftest import Stack
@@ -117,6 +117,7 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
     rank = {
         "ad_request": 0,
         "admitted": 1,
+        "admitted_batch": 1,
         "resolve": 2,
         "resolution": 3,
         "resolutions": 3,
@@ -144,8 +145,8 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
                 kind = obj.get("kind", "ad_request")
                 stage = f"{short}:{kind}"
                 step = rank.get(kind, 4)
-                # A Resolutions message carries the outcomes of many requests.
-                rids = [request_id_in(x) for x in resolutions_in(obj)] or [request_id_in(obj)]
+                # A batch message (Admitted, Resolutions) carries many requests.
+                rids = [request_id_in(item) for _, item in unbatched(obj)]
             for rid in rids:
                 if rid in missing and step >= last_seen.get(rid, (-1, ""))[0]:
                     last_seen[rid] = (step, stage)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from streams.records import (
+    Admitted,
+    AdmittedBatch,
     AdPayload,
     AdRequest,
     ContractError,
@@ -17,9 +19,12 @@ from streams.records import (
     Resolution,
     Resolutions,
     SpendEvent,
+    admitted_batch_bytes,
     decode,
     encode,
+    request_id_in,
     resolutions_in,
+    unbatched,
 )
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -70,6 +75,26 @@ CANONICAL = {
                 campaign_id="camp-1",
                 vast_error_code=303,
                 resolved_at=1_764_000_000_052,
+            ),
+        ),
+    ),
+    "admitted_batch": AdmittedBatch(
+        campaign_id="camp-1",
+        items=(
+            Admitted(
+                request=AdRequest(
+                    request_id="req-1", user_id="user-42", timestamp=1_764_000_000_000
+                ),
+                campaign_id="camp-1",
+            ),
+            Admitted(
+                request=AdRequest(
+                    request_id="req-2",
+                    user_id="user-7",
+                    timestamp=1_764_000_000_004,
+                    reply_to="edge-1.replies",
+                ),
+                campaign_id="camp-1",
             ),
         ),
     ),
@@ -213,6 +238,51 @@ def _item(rid: str, campaign_id: str = "camp-1") -> dict[str, object]:
 def test_a_bad_resolutions_message_names_the_item(items: object, reason: str) -> None:
     with pytest.raises(ContractError, match=reason):
         decode(Resolutions, _resolutions(items))
+
+
+def test_admitted_batch_bytes_are_the_canonical_encoding() -> None:
+    batch = CANONICAL["admitted_batch"]
+    assert isinstance(batch, AdmittedBatch)
+    spliced = admitted_batch_bytes(batch.campaign_id, [encode(item) for item in batch.items])
+    assert spliced == encode(batch)
+    assert decode(AdmittedBatch, spliced) == batch
+
+
+def _admitted(rid: str, campaign_id: str = "camp-1") -> dict[str, object]:
+    request = {"request_id": rid, "user_id": "u", "timestamp": 1}
+    return {"kind": "admitted", "request": request, "campaign_id": campaign_id}
+
+
+@pytest.mark.parametrize(
+    ("items", "reason"),
+    [
+        ([], "AdmittedBatch.items must be a non-empty list"),
+        ([_admitted("r1"), {"campaign_id": "camp-1"}], r"items\[1\]: Admitted.request must be"),
+        ([_admitted("r1"), _admitted("r2", "camp-2")], r"items\[1\].campaign_id 'camp-2' is not"),
+        ([_admitted(f"r{i}") for i in range(201)], "201 entries"),
+    ],
+)
+def test_a_bad_admitted_batch_names_the_item(items: object, reason: str) -> None:
+    raw = {"kind": "admitted_batch", "campaign_id": "camp-1", "items": items}
+    with pytest.raises(ContractError, match=reason):
+        decode(AdmittedBatch, json.dumps(raw).encode())
+
+
+def test_unbatched_gives_every_request_level_record_with_its_kind() -> None:
+    admitted = json.loads(encode(CANONICAL["admitted_batch"]))
+    resolutions = json.loads(encode(CANONICAL["resolutions"]))
+    request = json.loads(encode(CANONICAL["ad_request"]))
+    assert [(k, request_id_in(x)) for k, x in unbatched(admitted)] == [
+        ("admitted", "req-1"),
+        ("admitted", "req-2"),
+    ]
+    assert [(k, x["request_id"]) for k, x in unbatched(resolutions)] == [
+        ("resolution", "req-1"),
+        ("resolution", "req-3"),
+    ]
+    assert unbatched(request) == [("", request)]
+    assert unbatched({"kind": "admitted_batch", "items": "nope"}) == []
+    assert unbatched(["not", "a", "dict"]) == []
 
 
 def test_resolutions_in_reads_both_message_forms() -> None:
