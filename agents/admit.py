@@ -64,7 +64,9 @@ def register(app: XspApp) -> None:
             wall_ms = int(message.timestamp * 1000)
             if kind == "frequency_settle":
                 settle = decode_or_dead_letter(FrequencySettle, message.value)
-                return handle_frequency_settle(store, settle, config, wall_ms=wall_ms)
+                return handle_frequency_settle(
+                    store, settle, config, wall_ms=wall_ms, position=(message.offset, 0)
+                )
             if kind == "campaign_status":
                 status = decode_or_dead_letter(CampaignStatus, message.value)
                 handle_campaign_status(store, status, message.partition)
@@ -90,6 +92,7 @@ def register(app: XspApp) -> None:
                 config,
                 wall_ms=wall_ms,
                 exhausted=exhausted_campaigns(store, message.partition),
+                position=(message.offset, 0),
             )
         except (ContractError, DeadLetterError) as exc:
             await dead_letter(app, event, STAGE, str(exc))

@@ -100,9 +100,11 @@ def register(app: XspApp) -> None:
         view, config = app.xsp_directory.view, app.xsp_pipeline
         wall_ms = int(event.message.timestamp * 1000)
         outputs: list[Output] = []
-        for item in items:
+        for i, item in enumerate(items):
+            # Each item is a position of its own (see pipeline._next_write).
+            position = (event.message.offset, i)
             try:
-                outputs += handler(store, item, view, config, wall_ms=wall_ms)
+                outputs += handler(store, item, view, config, wall_ms=wall_ms, position=position)
             except DeadLetterError as exc:
                 await dead_letter(app, event, STAGE, str(exc), original=encode(item))
             except Exception as exc:
@@ -123,6 +125,7 @@ def register(app: XspApp) -> None:
                 kind = message_kind(message.value or b"")
                 # The broker timestamp is recorded with the message: replays see it too.
                 wall_ms = int(message.timestamp * 1000)
+                position = (message.offset, 0)
                 if kind == "resolutions":
                     batch = decode_or_dead_letter(Resolutions, message.value)
                     outputs = await handle_each(event, batch.items, handle_resolution)
@@ -131,13 +134,15 @@ def register(app: XspApp) -> None:
                     outputs = await handle_each(event, admissions.items, handle_admitted)
                 elif kind == "resolution":  # one per message, as older logs hold them
                     resolution = decode_or_dead_letter(Resolution, message.value)
-                    outputs = handle_resolution(store, resolution, view, config, wall_ms=wall_ms)
+                    outputs = handle_resolution(
+                        store, resolution, view, config, wall_ms=wall_ms, position=position
+                    )
                 elif kind == "spend":
                     spend = decode_or_dead_letter(SpendEvent, message.value)
-                    outputs = handle_spend(store, spend, config, wall_ms=wall_ms)
+                    outputs = handle_spend(store, spend, config, wall_ms=wall_ms, position=position)
                 elif kind == "expire":
                     command = decode_or_dead_letter(ExpireCommand, message.value)
-                    outputs = handle_expire(store, command, config)
+                    outputs = handle_expire(store, command, config, position=position)
                     if outputs:
                         metrics.reservations_expired_inc(STAGE)
                 elif kind == "tick":
@@ -161,7 +166,9 @@ def register(app: XspApp) -> None:
                     )
                 else:  # one Admitted per message, as older logs hold them
                     admitted = decode_or_dead_letter(Admitted, message.value)
-                    outputs = handle_admitted(store, admitted, view, config, wall_ms=wall_ms)
+                    outputs = handle_admitted(
+                        store, admitted, view, config, wall_ms=wall_ms, position=position
+                    )
             except DeadLetterError as exc:
                 await dead_letter(app, event, STAGE, str(exc))
                 continue

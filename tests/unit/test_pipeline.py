@@ -30,6 +30,7 @@ from streams.pipeline import (
     handle_resolution,
     handle_spend,
     pack_admissions,
+    pending_reservations,
     plan_expiry,
     prune_records,
     row_owner,
@@ -677,3 +678,49 @@ def test_pack_admissions_sends_one_message_per_campaign_and_keeps_the_rest() -> 
     sizes = [len(decode(AdmittedBatch, o.value).items) for o in pack_admissions(many, 2)]
     assert sizes == [2, 2, 1]
     assert pack_admissions([capped]) == [capped]
+
+
+@pytest.mark.parametrize("stage", ["budget", "admit"])
+def test_redelivered_earlier_messages_do_not_commit_a_crashed_later_ones_side_keys(
+    stage: str,
+) -> None:
+    """Kill between a message's side keys and its row, then redeliver from an older offset.
+
+    The rocksdb chaos test caught this: messages already applied (their offsets
+    not yet committed) came again and each bumped the row's seq past the seq of
+    the side keys that the killed message had left, committing a reservation
+    the row never counted; its release drove the pending count below zero.
+    """
+    view = directory(campaign(caps=[{"limit": 10, "window": "1h"}]))
+    store = RecordingStore()
+
+    def admitted(rid: str, user: str) -> Admitted:
+        request = AdRequest(request_id=rid, user_id=user, timestamp=T0)
+        return Admitted(request=request, campaign_id="c1")
+
+    def apply(offset: int, rid: str) -> list[Output]:
+        if stage == "budget":
+            return handle_admitted(
+                store, admitted(rid, "u"), view, CONFIG, wall_ms=T0, position=(offset, 0)
+            )
+        request = AdRequest(request_id=rid, user_id="u", timestamp=T0)
+        return handle_ad_request(store, request, view, CONFIG, wall_ms=T0, position=(offset, 0))
+
+    apply(10, "r1")
+    apply(11, "r2")
+    before = dict(store.data)
+    store.log.clear()
+    apply(12, "r3")
+    row_key = "c:c1" if stage == "budget" else "u:u"
+    row_write = next(i for i, (key, _) in enumerate(store.log) if key == row_key)
+    crash_after(store, before, row_write)  # r3's side keys landed, its row did not
+    for offset, rid in ((10, "r1"), (11, "r2"), (12, "r3")):  # redelivered from offset 10
+        apply(offset, rid)
+    if stage == "budget":
+        assert pending_reservations(store, "c1") == 3
+        snapshot = budget_snapshot(store, view.campaigns["c1"], T0)
+        assert snapshot["reserved_micros"] == 3 * 2_500_000
+    else:
+        assert frequency_snapshot(store, "u", T0)["served_last_hour"] == 3
+        row = json.loads(store.data["u:u"])
+        assert sorted(row["state"]["logs"].values())[0] == [T0, T0, T0]
