@@ -27,6 +27,7 @@ from streams.faust_router import partition_of
 from streams.metrics import Metrics
 from streams.pipeline import (
     DeadLetterError,
+    DeferredRowStore,
     Output,
     budget_snapshot,
     decode_or_dead_letter,
@@ -93,24 +94,31 @@ def register(app: XspApp) -> None:
     async def handle_each(
         event: EventT, items: Sequence[Any], handler: Callable[..., list[Output]]
     ) -> list[Output]:
-        """Handle every item of a batch message in order.
+        """Handle every item of a batch message, writing the campaign row once at the end.
 
-        One bad item is dead-lettered with its own bytes; the others are still decided.
+        One bad item is dead-lettered with its own bytes; the others are still
+        decided (``DeferredRowStore`` says why the held-back row stays exact).
         """
+        deferred = DeferredRowStore(store)
         view, config = app.xsp_directory.view, app.xsp_pipeline
         wall_ms = int(event.message.timestamp * 1000)
         outputs: list[Output] = []
-        for i, item in enumerate(items):
-            # Each item is a position of its own (see pipeline._next_write).
-            position = (event.message.offset, i)
-            try:
-                outputs += handler(store, item, view, config, wall_ms=wall_ms, position=position)
-            except DeadLetterError as exc:
-                await dead_letter(app, event, STAGE, str(exc), original=encode(item))
-            except Exception as exc:
-                log.exception("internal error in %s", STAGE)
-                reason = f"internal error: {exc!r}"
-                await dead_letter(app, event, STAGE, reason, original=encode(item))
+        try:
+            for i, item in enumerate(items):
+                # Each item is a position of its own (see pipeline._next_write).
+                position = (event.message.offset, i)
+                try:
+                    outputs += handler(
+                        deferred, item, view, config, wall_ms=wall_ms, position=position
+                    )
+                except DeadLetterError as exc:
+                    await dead_letter(app, event, STAGE, str(exc), original=encode(item))
+                except Exception as exc:
+                    log.exception("internal error in %s", STAGE)
+                    reason = f"internal error: {exc!r}"
+                    await dead_letter(app, event, STAGE, reason, original=encode(item))
+        finally:
+            deferred.flush()
         return outputs
 
     @app.agent(app.xsp_topics.budget_requests, name=STAGE, concurrency=1)

@@ -69,6 +69,7 @@ from streams.records import (
 
 __all__ = [
     "DeadLetterError",
+    "DeferredRowStore",
     "Output",
     "PipelineConfig",
     "Position",
@@ -192,6 +193,69 @@ def pack_admissions(
         for i in range(0, len(items), max_items)
     ]
     return others + packed
+
+
+class DeferredRowStore:
+    """A ``RowStore`` that holds back campaign-row (``c:``) writes until ``flush``.
+
+    The budget agent handles every item of a batch message through one of
+    these, so a campaign row is written to the table (and its changelog)
+    once per message instead of once per request. Side keys (``p:``, ``r:``,
+    ``s:``) are written through as usual. This keeps the crash rule of
+    ``_committed``: side writes carry the seq of a row write that comes
+    later, so a worker killed before ``flush`` leaves them uncommitted and the
+    redelivered message starts again from the last committed row. One rule
+    keeps ``prev`` chains whole: a side key is never overwritten while its
+    previous version waits for a held-back row, so a second write of a side
+    key within one message flushes the rows first.
+    """
+
+    def __init__(self, store: RowStore) -> None:
+        self.store = store
+        self._rows: dict[str, bytes | None] = {}
+        self._written: set[str] = set()
+
+    @staticmethod
+    def _is_row(key: str) -> bool:
+        return key.startswith("c:")
+
+    def get(self, key: str) -> bytes | None:
+        if key in self._rows:
+            return self._rows[key]
+        return self.store.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        if self._is_row(key):
+            self._rows[key] = value
+            return
+        self._side_write(key)
+        self.store.put(key, value)
+
+    def delete(self, key: str) -> None:
+        if self._is_row(key):
+            self._rows[key] = None
+            return
+        self._side_write(key)
+        self.store.delete(key)
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        self.flush()
+        return self.store.scan(prefix)
+
+    def _side_write(self, key: str) -> None:
+        if key in self._written:
+            self.flush()
+        self._written.add(key)
+
+    def flush(self) -> None:
+        """Write the held-back rows (after every side key written so far)."""
+        for key, value in self._rows.items():
+            if value is None:
+                self.store.delete(key)
+            else:
+                self.store.put(key, value)
+        self._rows.clear()
+        self._written.clear()
 
 
 class DeadLetterError(ValueError):

@@ -19,6 +19,7 @@ from streams.campaign_directory import DirectoryView
 from streams.faust_router import partition_of
 from streams.pipeline import (
     DeadLetterError,
+    DeferredRowStore,
     Output,
     PipelineConfig,
     budget_snapshot,
@@ -724,3 +725,115 @@ def test_redelivered_earlier_messages_do_not_commit_a_crashed_later_ones_side_ke
         assert frequency_snapshot(store, "u", T0)["served_last_hour"] == 3
         row = json.loads(store.data["u:u"])
         assert sorted(row["state"]["logs"].values())[0] == [T0, T0, T0]
+
+
+def _batch_run(store: DictStore, view: DirectoryView, rids: list[str]) -> list[Output]:
+    """Admit ``rids`` for c1 as one AdmittedBatch, then settle them as one Resolutions."""
+    deferred = DeferredRowStore(store)
+    outs: list[Output] = []
+    for rid in rids:
+        request = AdRequest(request_id=rid, user_id=f"u-{rid}", timestamp=T0)
+        admitted = Admitted(request=request, campaign_id="c1")
+        outs += handle_admitted(deferred, admitted, view, CONFIG, wall_ms=T0)
+    deferred.flush()
+    deferred = DeferredRowStore(store)
+    for out in [o for o in outs if o.route == "resolve"]:
+        item = decode(ResolveRequest, out.value)
+        res = resolution(item, DecisionStatus.FILLED)
+        outs += handle_resolution(deferred, res, view, CONFIG, wall_ms=T0 + 50)
+    deferred.flush()
+    return outs
+
+
+def test_a_batch_through_a_deferred_row_store_ends_as_item_by_item_with_fewer_writes() -> None:
+    view = directory(campaign())
+    rids = ["r1", "r2", "r3", "r4"]
+    one_by_one = DictStore()
+    outs_one: list[Output] = []
+    for rid in rids:
+        request = AdRequest(request_id=rid, user_id=f"u-{rid}", timestamp=T0)
+        admitted = Admitted(request=request, campaign_id="c1")
+        outs_one += handle_admitted(one_by_one, admitted, view, CONFIG, wall_ms=T0)
+    for out in [o for o in outs_one if o.route == "resolve"]:
+        res = resolution(decode(ResolveRequest, out.value), DecisionStatus.FILLED)
+        outs_one += handle_resolution(one_by_one, res, view, CONFIG, wall_ms=T0 + 50)
+    batched = DictStore()
+    outs_batched = _batch_run(batched, view, rids)
+    assert batched.data == one_by_one.data  # byte for byte, row seq included
+    assert [o.value for o in outs_batched] == [o.value for o in outs_one]
+    # One campaign-row write per batch message instead of one per request.
+    assert one_by_one.writes - batched.writes == 2 * (len(rids) - 1)
+    assert budget_snapshot(batched, view.campaigns["c1"], T0)["spent_micros"] == 4 * 2_500_000
+
+
+@pytest.mark.parametrize("stage", ["admitted", "resolutions"])
+def test_a_batch_redelivered_after_a_crash_at_any_write_ends_the_same(stage: str) -> None:
+    """SIGKILL anywhere inside a batch message's writes, then the whole message again."""
+    view = directory(campaign())
+    rids = ["r1", "r2", "r3"]
+    clean = DictStore()
+    clean_outs = _batch_run(clean, view, rids)
+    decisions = sorted(o.value for o in clean_outs if o.route == "decision")
+    store = RecordingStore()
+    admitted = [
+        Admitted(
+            request=AdRequest(request_id=rid, user_id=f"u-{rid}", timestamp=T0), campaign_id="c1"
+        )
+        for rid in rids
+    ]
+
+    def admit_batch(target: DictStore) -> list[Output]:
+        deferred = DeferredRowStore(target)
+        outs = [o for a in admitted for o in handle_admitted(deferred, a, view, CONFIG, wall_ms=T0)]
+        deferred.flush()
+        return outs
+
+    def settle_batch(target: DictStore, outs: list[Output]) -> list[Output]:
+        deferred = DeferredRowStore(target)
+        done: list[Output] = []
+        for out in [o for o in outs if o.route == "resolve"]:
+            res = resolution(decode(ResolveRequest, out.value), DecisionStatus.FILLED)
+            done += handle_resolution(deferred, res, view, CONFIG, wall_ms=T0 + 50)
+        deferred.flush()
+        return done
+
+    if stage == "admitted":
+        before = dict(store.data)
+        admit_batch(store)
+    else:
+        resolve_outs = admit_batch(store)
+        store.log.clear()
+        before = dict(store.data)
+        settle_batch(store, resolve_outs)
+    assert sum(1 for key, _ in store.log if key.startswith("c:")) == 1  # one row write
+    for keep in range(len(store.log) + 1):  # every crash point, and none
+        probe = RecordingStore()
+        probe.data, probe.log = dict(store.data), list(store.log)
+        crash_after(probe, before, keep)
+        if stage == "admitted":
+            outs = admit_batch(probe)
+            final = settle_batch(probe, outs)
+        else:
+            final = settle_batch(probe, resolve_outs)
+        assert sorted(o.value for o in final if o.route == "decision") == decisions, keep
+        snapshot = budget_snapshot(probe, view.campaigns["c1"], T0)
+        assert snapshot["spent_micros"] == 3 * 2_500_000, keep
+        assert snapshot["reserved_micros"] == 0, keep
+
+
+def test_a_side_key_written_twice_in_one_batch_flushes_the_row_first() -> None:
+    store = RecordingStore()
+    deferred = DeferredRowStore(store)
+    deferred.put("p:c:c1\x1fr1", b"1")
+    deferred.put("c:c1", b"row-1")
+    assert deferred.get("c:c1") == b"row-1"
+    assert store.get("c:c1") is None  # held back
+    deferred.put("p:c:c1\x1fr1", b"2")  # its first version waits for row-1: row-1 goes first
+    deferred.put("c:c1", b"row-2")
+    deferred.flush()
+    assert store.log == [
+        ("p:c:c1\x1fr1", b"1"),
+        ("c:c1", b"row-1"),
+        ("p:c:c1\x1fr1", b"2"),
+        ("c:c1", b"row-2"),
+    ]
