@@ -20,7 +20,7 @@ import time
 from faust import StreamT
 from faust.types import EventT
 
-from agents.wiring import Router, TableStore, dead_letter, owned_by, processing
+from agents.wiring import Router, TableStore, dead_letter, processing, prune_on_tick
 from streams.admission import validate_ad_request
 from streams.app import XspApp
 from streams.pipeline import (
@@ -32,9 +32,8 @@ from streams.pipeline import (
     handle_campaign_status,
     handle_frequency_settle,
     pack_admissions,
-    prune_records,
 )
-from streams.records import CampaignStatus, ContractError, FrequencySettle, Tick, message_kind
+from streams.records import CampaignStatus, ContractError, FrequencySettle, message_kind
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +71,7 @@ def register(app: XspApp) -> None:
                 handle_campaign_status(store, status, message.partition)
                 return []
             if kind == "tick":
-                tick = decode_or_dead_letter(Tick, message.value)
-                prune_records(
-                    store,
-                    Tick(timestamp=wall_ms, prune=tick.prune),
-                    config,
-                    owned_by(message.partition, partitions),
-                )
+                prune_on_tick(store, message, config, partitions)
                 return []
             request = validate_ad_request(
                 message.value,

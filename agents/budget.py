@@ -21,7 +21,7 @@ from typing import Any
 from faust import StreamT
 from faust.types import EventT
 
-from agents.wiring import Router, TableStore, dead_letter, owned_by
+from agents.wiring import Router, TableStore, dead_letter, prune_on_tick
 from streams.app import XspApp
 from streams.faust_router import partition_of
 from streams.metrics import Metrics
@@ -37,7 +37,6 @@ from streams.pipeline import (
     handle_spend,
     pending_reservations,
     plan_expiry,
-    prune_records,
 )
 from streams.records import (
     Admitted,
@@ -46,7 +45,6 @@ from streams.records import (
     Resolution,
     Resolutions,
     SpendEvent,
-    Tick,
     encode,
     message_kind,
 )
@@ -154,13 +152,7 @@ def register(app: XspApp) -> None:
                     if outputs:
                         metrics.reservations_expired_inc(STAGE)
                 elif kind == "tick":
-                    tick = decode_or_dead_letter(Tick, message.value)
-                    prune_records(
-                        store,
-                        Tick(timestamp=wall_ms, prune=tick.prune),
-                        config,
-                        owned_by(message.partition, partitions),
-                    )
+                    prune_on_tick(store, message, config, partitions)
                     mine = [
                         cid
                         for cid in view.campaigns

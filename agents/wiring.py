@@ -23,10 +23,16 @@ from faust.types import EventT, TableT, TopicT
 from streams.app import XspApp
 from streams.faust_router import partition_of
 from streams.key_groups import GroupedDict
-from streams.pipeline import Output, row_owner
-from streams.records import DeadLetter, encode, request_id_in
+from streams.pipeline import (
+    Output,
+    PipelineConfig,
+    decode_or_dead_letter,
+    prune_records,
+    row_owner,
+)
+from streams.records import DeadLetter, Tick, encode, request_id_in
 
-__all__ = ["Router", "TableStore", "dead_letter", "owned_by", "processing"]
+__all__ = ["Router", "TableStore", "dead_letter", "owned_by", "processing", "prune_on_tick"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +119,21 @@ def owned_by(partition: int, partitions: int) -> Callable[[str], bool]:
         return owner is not None and partition_of(owner.encode(), partitions) == partition
 
     return owns
+
+
+def prune_on_tick(store: TableStore, message: Any, config: PipelineConfig, partitions: int) -> None:
+    """A tick message: forget the tick partition's outcome records past the horizon.
+
+    The tick's time is its broker timestamp, recorded with the message, so a
+    replay prunes at the same place in the log.
+    """
+    tick = decode_or_dead_letter(Tick, message.value)
+    prune_records(
+        store,
+        Tick(timestamp=int(message.timestamp * 1000), prune=tick.prune),
+        config,
+        owned_by(message.partition, partitions),
+    )
 
 
 def _request_id(raw: bytes | None) -> str | None:
