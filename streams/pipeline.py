@@ -119,6 +119,8 @@ R = TypeVar(
 )
 TIMEOUT_REASON = "no resolution before the budget reservation expired"
 Route = Literal["budget", "resolve", "decision", "frequency", "status", "broadcast"]
+# Where a message sits in its source partition: (offset, item index in a batch message).
+Position = tuple[int, int]
 
 
 class RowStore(Protocol):
@@ -715,9 +717,6 @@ def _campaign_key(campaign_id: str) -> str:
 
 def _pending_key(row_key: str, request_id: str) -> str:
     return f"p:{row_key}{SEP}{request_id}"
-
-
-Position = tuple[int, int]
 
 
 def _next_write(row_seq: int, row_src: Any, position: Position | None) -> tuple[int, Any]:
