@@ -106,12 +106,14 @@ def register(app: XspApp) -> None:
         async for events in stream.take_events(BATCH_EVENTS, within=window_s):
             # One envelope per campaign and source partition: under exactly-once
             # an envelope must travel in its events' partition's transaction.
-            by_partition: dict[int, tuple[EventT, list[Output]]] = {}
+            last_event: dict[int, EventT] = {}
+            outputs: dict[int, list[Output]] = {}
             for event in events:
                 with processing(event):
-                    outputs = await admit_one(event)
-                _, pending = by_partition.get(event.message.partition, (event, []))
-                by_partition[event.message.partition] = (event, pending + outputs)
-            for last_event, outputs in by_partition.values():
-                with processing(last_event):
-                    await router.send(pack_admissions(outputs))
+                    produced = await admit_one(event)
+                partition = event.message.partition
+                last_event[partition] = event
+                outputs.setdefault(partition, []).extend(produced)
+            for partition, event in last_event.items():
+                with processing(event):
+                    await router.send(pack_admissions(outputs[partition]))

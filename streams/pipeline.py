@@ -214,7 +214,7 @@ class DeferredRowStore:
 
     def __init__(self, store: RowStore) -> None:
         self.store = store
-        self._rows: dict[str, bytes | None] = {}
+        self._rows: dict[str, bytes] = {}
         self._written: set[str] = set()
 
     @staticmethod
@@ -222,9 +222,8 @@ class DeferredRowStore:
         return key.startswith("c:")
 
     def get(self, key: str) -> bytes | None:
-        if key in self._rows:
-            return self._rows[key]
-        return self.store.get(key)
+        held = self._rows.get(key)
+        return held if held is not None else self.store.get(key)
 
     def put(self, key: str, value: bytes) -> None:
         if self._is_row(key):
@@ -234,10 +233,11 @@ class DeferredRowStore:
         self.store.put(key, value)
 
     def delete(self, key: str) -> None:
+        # Handlers never delete a campaign row; one that did would go through at once.
         if self._is_row(key):
-            self._rows[key] = None
-            return
-        self._side_write(key)
+            self.flush()
+        else:
+            self._side_write(key)
         self.store.delete(key)
 
     def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
@@ -252,10 +252,7 @@ class DeferredRowStore:
     def flush(self) -> None:
         """Write the held-back rows (after every side key written so far)."""
         for key, value in self._rows.items():
-            if value is None:
-                self.store.delete(key)
-            else:
-                self.store.put(key, value)
+            self.store.put(key, value)
         self._rows.clear()
         self._written.clear()
 
@@ -434,7 +431,7 @@ class _UserRow:
     record_campaign: str | None
     wall_ms: int | None = None
     seq: int = 0
-    src: Any = None
+    src: list[int] | None = None
     position: Position | None = None
 
 
@@ -719,7 +716,9 @@ def _pending_key(row_key: str, request_id: str) -> str:
     return f"p:{row_key}{SEP}{request_id}"
 
 
-def _next_write(row_seq: int, row_src: Any, position: Position | None) -> tuple[int, Any]:
+def _next_write(
+    row_seq: int, row_src: list[int] | None, position: Position | None
+) -> tuple[int, list[int] | None]:
     """The ``seq`` and ``src`` of a row write by the message at ``position`` (offset, item).
 
     A row remembers in ``src`` the source position of the last message that
