@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from streams.kafka_io import produce, read_topic
+from streams.lag import consumer_lag
 from streams.records import (
     AdRequest,
     Decision,
@@ -124,8 +125,15 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
         "expire": 3,
     }
     last_seen: dict[str, tuple[int, str]] = {}
+    # Where each missing request sits in ad-requests: told against the group's
+    # commit, it says whether admit lost it (committed past it) or stalls on it.
+    placed: dict[str, tuple[int, int]] = {}
     for topic in (names.ad_requests, names.budget_requests, names.resolve_requests, names.dlq):
         for message in await read_topic(bootstrap, topic, timeout_s=20):
+            if topic == names.ad_requests and message.value:
+                rid = _ad_request_id(message.value)
+                if rid in missing:
+                    placed.setdefault(rid, (message.partition, message.offset))
             try:
                 obj = json.loads(message.value or b"")
             except ValueError:
@@ -151,7 +159,53 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
                 if rid in missing and step >= last_seen.get(rid, (-1, ""))[0]:
                     last_seen[rid] = (step, stage)
     counted = Counter(last_seen.get(rid, (0, "never produced"))[1] for rid in missing)
-    return "last seen: " + "; ".join(f"{n} at {stage}" for stage, n in counted.most_common())
+    where = "last seen: " + "; ".join(f"{n} at {stage}" for stage, n in counted.most_common())
+    return f"{where}; {await _admit_commits(stack, placed)}; {_guard_log(stack)}"
+
+
+def _ad_request_id(value: bytes) -> str | None:
+    """The request id of an ``ad-requests`` message that is an AdRequest, else None."""
+    try:
+        obj = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or obj.get("kind", "ad_request") != "ad_request":
+        return None
+    return request_id_in(obj)
+
+
+async def _admit_commits(stack: Stack, placed: dict[str, tuple[int, int]]) -> str:
+    """Per ad-requests partition holding undecided requests: their offsets beside the app
+    group's committed offset and the log end (committed above an offset = admit lost it)."""
+    if not placed:
+        return "no undecided request in ad-requests"
+    rows = await consumer_lag(
+        stack.settings.bootstrap_servers, stack.settings.app_id, [stack.names.ad_requests]
+    )
+    commits = {r.partition: (r.committed, r.end_offset) for r in rows}
+    by_partition: dict[int, list[int]] = {}
+    for partition, offset in placed.values():
+        by_partition.setdefault(partition, []).append(offset)
+    parts = []
+    for partition, offsets in sorted(by_partition.items()):
+        committed, end = commits.get(partition, (None, None))
+        parts.append(
+            f"p{partition}: offsets {sorted(offsets)[:5]}{'...' if len(offsets) > 5 else ''} "
+            f"committed {committed} end {end}"
+        )
+    return "ad-requests " + ", ".join(parts)
+
+
+def _guard_log(stack: Stack) -> str:
+    """The commit guard's repairs in the workers' logs (faust-streaming#318 holes)."""
+    lines = [
+        line
+        for path in sorted(stack.workdir.glob("*.log"))
+        for line in path.read_text(errors="replace").splitlines()
+        if "asking for a rebalance" in line
+    ]
+    shown = " | ".join(line[:160] for line in lines[-5:])
+    return f"commit guard fired {len(lines)} times" + (f": {shown}" if shown else "")
 
 
 def statuses(decisions: dict[str, list[Decision]]) -> dict[str, int]:
