@@ -12,10 +12,12 @@ Rows and keys
   its outcome records) plus recent serve times for advisory queries;
   ``r:<user>\\x1f<request>`` = the outcome record of one request.
 * budget table (owned by ``budget``, source keyed by campaign):
-  ``c:<campaign>`` = ``streams.budget.BudgetState`` without records, plus the
-  routing data (user, reply topic) of every pending reservation;
-  ``r:<campaign>\\x1f<request>`` and ``s:<campaign>\\x1f<spend event>`` = one
-  outcome record each.
+  ``c:<campaign>`` = ``streams.budget.BudgetState`` without reservations and
+  records, plus their sums;
+  ``p:<campaign>\\x1f<request>`` = one request's budget entry: its pending
+  reservation with its routing data (user, reply topic), replaced by its
+  outcome record (and decision) when it is settled, released or expires;
+  ``s:<campaign>\\x1f<spend event>`` = one spend event's record.
 
 Outcome records live under their own keys because a row that remembered
 every request would grow with traffic and be rewritten (and sent to the
@@ -292,31 +294,44 @@ def _store_records(
     extra: dict[str, dict[str, Any]],
     wall_ms: int | None,
     seq: int | None = None,
+    key_of: Callable[[str, str], str] = _record_key,
+    row_seq: int = 0,
 ) -> dict[str, Any]:
     """Move outcome records out of ``state_dict`` into their own keys; return the slim state.
 
+    ``key_of(row_key, request_id)`` names a record's key. A record replaces
+    whatever that key held before (a campaign's pending reservation, see
+    ``_save_budget``), keeping only extra fields such as a stored decision.
+    A write at ``seq`` keeps as ``prev`` the version its row (now at
+    ``row_seq``) has committed, never a newer leftover of a killed attempt: a
+    second kill in the same place must still fall back to what the row counts.
     ``at`` is the broker time the record was written: dedupe guards against
     redelivery, which happens within processing time, so records are
     forgotten a horizon of processing time later (whatever their event time).
     """
     for rid, rec in state_dict.pop("records", {}).items():
-        key = _record_key(row_key, rid)
+        key = key_of(row_key, rid)
         old = _load(store, key) or {}
         if old.get("rec") == rec and not extra.get(rid):
             continue  # unchanged: rewriting it would only grow the changelog
         at = wall_ms if wall_ms is not None else rec.get("at", 0)
-        kept = {k: v for k, v in old.items() if k not in ("rec", "at", "seq", "prev")}
+        kept = {k: v for k, v in old.items() if k not in _REPLACED_BY_RECORD}
         value = {**kept, "rec": rec, "at": at, **extra.get(rid, {})}
         if seq is not None:
             value["seq"] = seq
-            if old:
-                # The last committed version, in case this write outlives its row write.
-                value["prev"] = {k: v for k, v in old.items() if k != "prev"}
+            committed = _committed(old, row_seq) if old else None
+            if committed:
+                # In case this write outlives its row write.
+                value["prev"] = {k: v for k, v in committed.items() if k != "prev"}
         store.put(key, canonical_json(value))
     state_dict["records"] = {}
     # The floor guards forgotten ids inside one row; here records expire by key instead.
     state_dict["floor_ms"] = None
     return state_dict
+
+
+# The fields a record's write drops from its key's previous version.
+_REPLACED_BY_RECORD = frozenset({"rec", "at", "seq", "prev", "res", "meta", "gone"})
 
 
 def row_owner(table_key: str) -> str | None:
@@ -341,7 +356,7 @@ def prune_records(
     config: PipelineConfig,
     owns: Callable[[str], bool] | None = None,
 ) -> int:
-    """Forget outcome records (``r:``/``s:``) and deletion marks (``p:`` gone) past the horizon.
+    """Forget outcome records (``r:``, ``s:``, settled ``p:`` entries) past the horizon.
 
     Only keys for which ``owns(key)`` holds are deleted. A worker's store
     holds every partition assigned to it while a deletion goes to the
@@ -357,7 +372,7 @@ def prune_records(
     for prefix in ("r:", "s:", "p:"):
         for key, raw in store.scan(prefix):
             value = json.loads(raw)
-            if prefix == "p:" and "gone" not in value:
+            if prefix == "p:" and _is_pending(value):
                 continue  # a pending reservation: expiry, not pruning, ends it
             # Ownership last: it hashes the key (murmur2 in Python), and only
             # the few stale keys need it.
@@ -468,7 +483,9 @@ def _save_user(store: RowStore, user_id: str, row: _UserRow) -> None:
         if rid not in row.state.reservations
     }
     seq, src = _next_write(row.seq, row.src, row.position)
-    slim = _store_records(store, row_key, row.state.to_dict(), extra, row.wall_ms, seq)
+    slim = _store_records(
+        store, row_key, row.state.to_dict(), extra, row.wall_ms, seq, row_seq=row.seq
+    )
     body = {"seq": seq, "state": slim, "pending": row.pending, "served": row.served}
     if src is not None:
         body["src"] = src
@@ -713,7 +730,13 @@ def _campaign_key(campaign_id: str) -> str:
 
 
 def _pending_key(row_key: str, request_id: str) -> str:
+    """A request's budget entry: its pending reservation, later its outcome record."""
     return f"p:{row_key}{SEP}{request_id}"
+
+
+def _is_pending(entry: dict[str, Any]) -> bool:
+    """A budget entry that holds a reservation (not its record, nor a legacy deletion mark)."""
+    return "res" in entry and "gone" not in entry
 
 
 def _next_write(
@@ -763,13 +786,13 @@ def _committed(value: dict[str, Any] | None, row_seq: int) -> dict[str, Any] | N
 def _budget_state(
     store: RowStore, campaign_id: str, ids: Iterable[str], position: Position | None = None
 ) -> tuple[budget_logic.BudgetState, dict[str, Any]]:
-    """A campaign's budget state with only the reservations of ``ids`` loaded.
+    """A campaign's budget state with only the entries of ``ids`` loaded.
 
-    Pending reservations live under their own ``p:`` keys and the row keeps
-    their sums: a row that listed every reservation in flight was rewritten
-    whole on every event, 4 ms per event with 2,000 in flight (quadratic in a
-    burst). The sums are exact because every change to a reservation goes
-    through this row.
+    Each request has one ``p:`` entry, its pending reservation and then its
+    outcome record, and the row keeps the reservations' sums: a row that
+    listed every reservation in flight was rewritten whole on every event,
+    4 ms per event with 2,000 in flight (quadratic in a burst). The sums are
+    exact because every change to a reservation goes through this row.
     """
     ids = list(ids)
     row_key = _campaign_key(campaign_id)
@@ -779,12 +802,13 @@ def _budget_state(
     pending = {}
     records = {}
     for rid in ids:
-        value = _committed(_load(store, _pending_key(row_key, rid)), seq)
-        if value is not None:
-            pending[rid] = value
-        record = _committed(_load(store, _record_key(row_key, rid)), seq)
-        if record is not None:
-            records[rid] = record["rec"]
+        entry = _committed(_load(store, _pending_key(row_key, rid)), seq)
+        if entry is None:
+            continue
+        if _is_pending(entry):
+            pending[rid] = entry
+        elif "rec" in entry:
+            records[rid] = entry["rec"]
     state_dict = {**base, "records": records}
     state_dict["reservations"] = {rid: value["res"] for rid, value in pending.items()}
     state = budget_logic.BudgetState.from_dict(state_dict)
@@ -823,7 +847,10 @@ def _save_budget(
         body = {"res": reservations[rid], "meta": meta, "seq": seq, "at": at}
         store.put(_pending_key(row_key, rid), canonical_json(body))
     gone = loaded - reservations.keys()
-    for rid in gone:
+    # A settled, released or expired reservation leaves a record, written over
+    # its entry below (one changelog write where a deletion mark and a record
+    # key took two); a mark is only for one that somehow left none.
+    for rid in gone - state_dict["records"].keys():
         key = _pending_key(row_key, rid)
         mark = {**(_load(store, key) or {}), "gone": seq, "at": at}
         store.put(key, canonical_json(mark))
@@ -853,7 +880,16 @@ def _save_budget(
         extra.setdefault(rid, {})["decision"] = decision
         if reply_to:
             extra[rid]["reply_to"] = reply_to
-    slim = _store_records(store, row_key, state_dict, extra, extras["wall_ms"], seq)
+    slim = _store_records(
+        store,
+        row_key,
+        state_dict,
+        extra,
+        extras["wall_ms"],
+        seq,
+        key_of=_pending_key,
+        row_seq=extras["seq"],
+    )
     store.put(
         row_key,
         canonical_json(
@@ -920,7 +956,7 @@ def _resend_recorded(
 
     Nothing if none is recorded, or if ``only`` is given and it has another status.
     """
-    prior = _committed(_load(store, _record_key(_campaign_key(campaign_id), rid)), seq)
+    prior = _committed(_load(store, _pending_key(_campaign_key(campaign_id), rid)), seq)
     if prior is None or "decision" not in prior:
         return []
     decision = json.loads(prior["decision"])
@@ -1049,7 +1085,7 @@ def handle_resolution(
     rid = resolution.request_id
     campaign = view.campaigns.get(cid)
     state, extras = _budget_state(store, cid, [rid], position)
-    prior = _committed(_load(store, _record_key(_campaign_key(cid), rid)), extras["seq"])
+    prior = _committed(_load(store, _pending_key(_campaign_key(cid), rid)), extras["seq"])
     if prior is not None and "decision" in prior and rid not in state.reservations:
         return _resend(prior, resolution.user_id, resolution.reply_to)
     if rid not in state.reservations and rid not in state.records:
@@ -1173,7 +1209,8 @@ def plan_expiry(
             continue
         prefix = _pending_key(row_key, "")
         for key, raw in store.scan(prefix):
-            if _committed(json.loads(raw), row.get("seq", 0)) is None:
+            entry = _committed(json.loads(raw), row.get("seq", 0))
+            if entry is None or not _is_pending(entry):
                 continue
             rid = key[len(prefix) :]
             live.add(rid)

@@ -8,7 +8,7 @@ real workers on a real broker.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -385,7 +385,8 @@ def test_rows_stay_small_while_records_accumulate_under_their_own_keys() -> None
         p.request(f"r{i}", user=f"u{i}", ts=T0 + i, campaign_id="c1")
     p.resolve_all()
     assert len(p.campaigns.data["c:c1"]) < 2_000
-    assert sum(1 for k in p.campaigns.data if k.startswith("r:c:c1")) == 500
+    settled = [v for k, v in p.campaigns.data.items() if k.startswith("p:c:c1")]
+    assert len(settled) == 500 and all(b'"rec"' in v for v in settled)
 
 
 def test_same_inputs_rebuild_byte_identical_tables() -> None:
@@ -536,6 +537,107 @@ def test_a_redelivered_event_after_a_partial_changelog_flush_ends_the_same(event
             assert snapshot["spent_micros"] == 2_500_000, keep
             assert snapshot["reserved_micros"] == 0, keep
     assert clean_data  # the reference run wrote its rows
+
+
+def killed_twice(
+    before: dict[str, bytes], run: Callable[[RecordingStore], object]
+) -> Iterator[tuple[RecordingStore, tuple[int, int]]]:
+    """Each store that ``run`` leaves when killed at any write, delivered again and
+    killed again at any write (or not), starting from the table ``before``."""
+    store = RecordingStore()
+    store.data = dict(before)
+    run(store)
+    first_log, after_first = list(store.log), dict(store.data)
+    for first in range(len(first_log)):
+        probe = RecordingStore()
+        probe.data, probe.log = dict(after_first), list(first_log)
+        crash_after(probe, before, first)
+        between = dict(probe.data)
+        run(probe)
+        second_log, after_second = list(probe.log), dict(probe.data)
+        for second in range(len(second_log) + 1):
+            again = RecordingStore()
+            again.data, again.log = dict(after_second), list(second_log)
+            crash_after(again, between, second)
+            yield again, (first, second)
+
+
+@pytest.mark.parametrize("status", [DecisionStatus.FILLED, DecisionStatus.NO_FILL])
+def test_a_resolution_killed_twice_before_its_row_write_settles_once(
+    status: DecisionStatus,
+) -> None:
+    """Two SIGKILLs at any write of the same settle, then a clean redelivery.
+
+    A settle writes the request's record over its reservation entry, keeping
+    the version its row has committed as ``prev``. The second attempt must
+    keep the *committed* version (the reservation), not the first attempt's
+    uncommitted record, or a second kill would leave the entry neither pending
+    nor recorded: no decision, and a reservation its row counts forever.
+    """
+    view = directory(campaign())
+    request = AdRequest(request_id="r1", user_id="u", timestamp=T0)
+    store = RecordingStore()
+    admitted = Admitted(request=request, campaign_id="c1")
+    outs = handle_admitted(store, admitted, view, CONFIG, wall_ms=T0)
+    item = decode(ResolveRequest, next(o for o in outs if o.route == "resolve").value)
+    res = resolution(item, status)
+    before = dict(store.data)
+    clean = handle_resolution(store, res, view, CONFIG, wall_ms=T0 + 50)
+    charged = 2_500_000 if status == DecisionStatus.FILLED else 0
+
+    def settle(target: RecordingStore) -> object:
+        return handle_resolution(target, res, view, CONFIG, wall_ms=T0 + 50)
+
+    for probe, at in killed_twice(before, settle):
+        final = handle_resolution(probe, res, view, CONFIG, wall_ms=T0 + 50)
+        assert [o.value for o in final] == [o.value for o in clean], at
+        snapshot = budget_snapshot(probe, view.campaigns["c1"], T0)
+        assert snapshot["spent_micros"] == charged, at
+        assert snapshot["reserved_micros"] == 0, at
+        assert pending_reservations(probe, "c1") == 0, at
+
+
+@pytest.mark.parametrize("event", ["admission", "release"])
+def test_a_user_event_killed_twice_before_its_row_write_counts_once(event: str) -> None:
+    """The same double kill for the frequency table's record and row."""
+    view = directory(campaign(caps=[{"limit": 1, "window": "1h"}]))
+    request = AdRequest(request_id="r1", user_id="u", timestamp=T0)
+    release = FrequencySettle(request_id="r1", user_id="u", action="release", timestamp=T0)
+    store = RecordingStore()
+    if event == "release":
+        handle_ad_request(store, request, view, CONFIG)
+
+    def deliver(target: RecordingStore) -> object:
+        if event == "admission":
+            return handle_ad_request(target, request, view, CONFIG)
+        return handle_frequency_settle(target, release, CONFIG)
+
+    later = AdRequest(request_id="r2", user_id="u", timestamp=T0 + 1)
+    for probe, at in killed_twice(dict(store.data), deliver):
+        deliver(probe)
+        outputs = handle_ad_request(probe, later, view, CONFIG)
+        if event == "admission":  # counted exactly once: the next request is capped
+            assert decode(Decision, outputs[0].value).status == DecisionStatus.CAPPED, at
+        else:  # released exactly once: the slot is free again
+            assert [o.route for o in outputs] == ["budget"], at
+
+
+def test_a_settled_reservation_is_one_entry_written_twice() -> None:
+    """Reservation and outcome share one key: a settle overwrites the entry (one
+    changelog write) instead of marking it gone and writing a record key (two)."""
+    view = directory(campaign())
+    request = AdRequest(request_id="r1", user_id="u", timestamp=T0)
+    store = RecordingStore()
+    outs = handle_admitted(
+        store, Admitted(request=request, campaign_id="c1"), view, CONFIG, wall_ms=T0
+    )
+    item = decode(ResolveRequest, next(o for o in outs if o.route == "resolve").value)
+    handle_resolution(store, resolution(item, DecisionStatus.FILLED), view, CONFIG, wall_ms=T0 + 50)
+    keys = [key for key, _ in store.log]
+    assert keys == ["p:c:c1\x1fr1", "c:c1", "p:c:c1\x1fr1", "c:c1"]
+    entry = json.loads(store.data["p:c:c1\x1fr1"])
+    assert entry["rec"]["s"] == "settled" and "res" not in entry
+    assert json.loads(entry["decision"])["status"] == "filled"
 
 
 def test_row_owner_names_the_source_key_of_every_table_key() -> None:
