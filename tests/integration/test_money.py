@@ -159,6 +159,8 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
                 if rid in missing and step >= last_seen.get(rid, (-1, ""))[0]:
                     last_seen[rid] = (step, stage)
     counted = Counter(last_seen.get(rid, (0, "never produced"))[1] for rid in missing)
+    # Only requests that admit never answered say something about admit's commits.
+    placed = {rid: at for rid, at in placed.items() if last_seen.get(rid, (0, ""))[0] == 0}
     where = "last seen: " + "; ".join(f"{n} at {stage}" for stage, n in counted.most_common())
     return f"{where}; {await _admit_commits(stack, placed)}; {_guard_log(stack)}"
 
@@ -175,10 +177,11 @@ def _ad_request_id(value: bytes) -> str | None:
 
 
 async def _admit_commits(stack: Stack, placed: dict[str, tuple[int, int]]) -> str:
-    """Per ad-requests partition holding undecided requests: their offsets beside the app
-    group's committed offset and the log end (committed above an offset = admit lost it)."""
+    """Per ad-requests partition holding requests admit never answered: their offsets
+    beside the app group's committed offset and the log end (committed above an offset =
+    admit lost it; at or below it = admit has not got there, or stalls on a hole)."""
     if not placed:
-        return "no undecided request in ad-requests"
+        return "no request waits for admit"
     rows = await consumer_lag(
         stack.settings.bootstrap_servers, stack.settings.app_id, [stack.names.ad_requests]
     )
