@@ -597,15 +597,24 @@ def test_a_resolution_killed_twice_before_its_row_write_settles_once(
         assert pending_reservations(probe, "c1") == 0, at
 
 
-@pytest.mark.parametrize("event", ["admission", "release"])
-def test_a_user_event_killed_twice_before_its_row_write_counts_once(event: str) -> None:
-    """The same double kill for the frequency table's record and row."""
+def user_event_setup(
+    event: str,
+) -> tuple[DirectoryView, AdRequest, FrequencySettle, RecordingStore]:
+    """A capped campaign (1 an hour), request r1, its release, and a table in which r1
+    is already admitted if ``event`` is ``release``."""
     view = directory(campaign(caps=[{"limit": 1, "window": "1h"}]))
     request = AdRequest(request_id="r1", user_id="u", timestamp=T0)
     release = FrequencySettle(request_id="r1", user_id="u", action="release", timestamp=T0)
     store = RecordingStore()
     if event == "release":
         handle_ad_request(store, request, view, CONFIG)
+    return view, request, release, store
+
+
+@pytest.mark.parametrize("event", ["admission", "release"])
+def test_a_user_event_killed_twice_before_its_row_write_counts_once(event: str) -> None:
+    """The same double kill for the frequency table's record and row."""
+    view, request, release, store = user_event_setup(event)
 
     def deliver(target: RecordingStore) -> object:
         if event == "admission":
@@ -731,13 +740,8 @@ def test_a_redelivered_user_event_after_a_partial_changelog_flush_counts_the_sam
     record that outlived its row must not make the redelivered request look
     counted (one ad over the cap) or a release look done (a slot lost).
     """
-    view = directory(campaign(caps=[{"limit": 1, "window": "1h"}]))
-    request = AdRequest(request_id="r1", user_id="u", timestamp=T0)
-    release = FrequencySettle(request_id="r1", user_id="u", action="release", timestamp=T0)
-    store = RecordingStore()
-    if event == "release":
-        handle_ad_request(store, request, view, CONFIG)
-        store.log.clear()
+    view, request, release, store = user_event_setup(event)
+    store.log.clear()
     before = dict(store.data)
     if event == "admission":
         handle_ad_request(store, request, view, CONFIG)
