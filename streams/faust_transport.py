@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import aiokafka
+from aiokafka.consumer import fetcher as fetcher_module
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -94,6 +96,30 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             result = await result
         return result
 
+    async def _fetch_records(
+        self,
+        consumer: aiokafka.AIOKafkaConsumer,
+        active_partitions: Any,
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        # The offsets aiokafka moved past without returning a record (markers,
+        # aborted or compacted records) are facts about the log: collect them
+        # while it hands out this batch (no await between its drain and here).
+        spans: dict[Any, list[int]] = {}
+        token = _position_moves.set(spans)
+        try:
+            records = await super()._fetch_records(
+                consumer, active_partitions, timeout=timeout, max_records=max_records
+            )
+        finally:
+            _position_moves.reset(token)
+        for tp, (before, after) in spans.items():
+            offsets = [record.offset for record in records.get(tp, ())]
+            for start, end in absent_offsets(before, after, offsets):
+                self.consumer.record_absent(tp, start, end)
+        return records
+
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka reads this attribute when it builds its Fetcher in start().
@@ -124,25 +150,10 @@ class _Consumer(faust_aiokafka.Consumer):
         await super().perform_seek()
         acks_enabled_for = self.app.topics.acks_enabled_for
         for tp in self.assignment():
-            if not acks_enabled_for(tp.topic):
-                continue
-            if self._committed_offset.get(tp) is None:
+            if self._committed_offset.get(tp) is None and acks_enabled_for(tp.topic):
                 position = await self.position(tp)
                 if position is not None:
                     self._committed_offset[tp] = position
-            committed = self._committed_offset.get(tp)
-            if committed is not None:
-                self._read_offset[tp] = _last_read_before(committed)
-
-    # Faust's fetch loop reads ``_read_offset`` as the offset of the last record
-    # read, and reports the offsets between it and the next record as a gap (no
-    # record there: a transaction marker, or compacted away). Faust's seek sets
-    # it to the committed offset, the *next* record to read: the offset right at
-    # the commit was then never reported, and under exactly-once it is very often
-    # the marker that closed the transaction of the last record processed. Every
-    # rebalance left such a partition's commit stuck there for good (the commit
-    # guard fired 15 times per partition in one chaos run; 97 of 200 requests
-    # undecided in tests/integration/test_exactly_once.py).
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # Faust forgets the revoked partitions' committed offsets first and
@@ -198,23 +209,30 @@ class _Consumer(faust_aiokafka.Consumer):
         return offset
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        # Offsets the fetch loop never saw count as processed only where the
-        # log really has holes: compacted topics, and transaction markers under
-        # exactly-once. Elsewhere a jump means Faust discarded fetched records
-        # (it drops those of a partition it has just paused, after aiokafka's
-        # position moved past them: 43 requests lost in one chaos run), so the
-        # commit must stop there until the commit guard has them re-read.
+        # Faust reports gaps from its fetch loop's read offset, which is not a
+        # fact about the log: a seek sets it to the committed offset (the next
+        # record, not the last one read), so a transaction marker right at the
+        # commit was never reported and every rebalance under exactly-once left
+        # such a partition's commit stuck for good (the commit guard fired 15
+        # times per partition in one chaos run); and a record fetched before a
+        # seek can move it, so real records looked like a gap. The gaps come
+        # from aiokafka's positions instead (``record_absent``).
+        return
+
+    def record_absent(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        """Count offsets in [offset_from, offset_to), which hold no record, as processed.
+
+        Only on topics whose logs really have such offsets: compacted ones,
+        and every topic under exactly-once (transaction markers, aborted
+        records). Clipped at the committed offset.
+        """
         if not self._log_may_skip_offsets(tp.topic):
             return
-        # Faust calls this with ``offset_to`` = the offset of the record that
-        # arrived after the gap, and stored that offset inside the gap: the
-        # record then counted as processed before it was. The gap here is
-        # [offset_from, offset_to), clipped at the committed offset.
-        committed = self._committed_offset[tp]
+        committed = self._committed_offset.get(tp)
         if committed is not None:
             offset_from = max(offset_from, committed)
         if offset_from < offset_to:
-            gaps = self._gap[tp]
+            gaps = self._gap[TP(tp.topic, tp.partition)]
             gaps.addi(offset_from, offset_to)
             gaps.merge_overlaps()
 
@@ -304,11 +322,52 @@ class Transport(faust_aiokafka.Transport):
     TransactionManager: ClassVar[Any] = _SourceTransactions
 
 
-def _last_read_before(committed: int) -> int:
-    """The read offset that makes Faust's fetch loop report a gap from ``committed`` on.
+# Per fetch of Faust's consumer: topic-partition -> [position before, after].
+_position_moves: ContextVar[dict[Any, list[int]] | None] = ContextVar(
+    "xsp_position_moves", default=None
+)
 
-    The loop reports a gap only from a truthy read offset: 0 would hide one
-    at offset 1, and -1 reports from offset 0, which ``_add_gap`` clips at the
-    committed offset.
+
+def _track_position_moves() -> None:
+    """Make aiokafka report, inside a fetch of Faust's consumer, how far each position moved.
+
+    aiokafka hands out a partition's fetched records and then moves its
+    position to the fetch's next offset, past any transaction markers,
+    aborted records and compacted-away offsets it skipped. The move and the
+    records returned together say exactly which offsets hold no record.
+    Other consumers in the process (the resolve stage's) run outside such a
+    fetch and are not tracked. Reads aiokafka's ``FetchResult`` internals,
+    pinned with the rest.
     """
-    return committed - 1 if committed >= 2 else -1
+    original = fetcher_module.FetchResult._update_position
+    if getattr(original, "xsp_tracked", False):
+        return
+
+    def update_position(self: Any) -> None:
+        moves = _position_moves.get()
+        if moves is not None and self._partition_records is not None:
+            state = self._assignment.state_value(self._topic_partition)
+            after = self._partition_records.next_fetch_offset
+            move = moves.setdefault(self._topic_partition, [state.position, after])
+            move[1] = after
+        original(self)
+
+    update_position.xsp_tracked = True  # type: ignore[attr-defined]
+    fetcher_module.FetchResult._update_position = update_position  # type: ignore[method-assign]
+
+
+def absent_offsets(before: int, after: int, offsets: Iterable[int]) -> list[tuple[int, int]]:
+    """The runs of [before, after) that are not in ``offsets`` (records returned), as
+    half-open intervals in order."""
+    runs = []
+    expected = before
+    for offset in sorted(offsets):
+        if offset > expected:
+            runs.append((expected, offset))
+        expected = max(expected, offset + 1)
+    if after > expected:
+        runs.append((expected, after))
+    return runs
+
+
+_track_position_moves()

@@ -4,12 +4,13 @@ Under ``exactly_once`` the budget agent's cap releases reach ``ad-requests``
 in transactions, so a partition's log there is records and commit markers.
 A consumer commits one past the last record it processed, which is often
 the offset of the marker that closed that record's transaction. After a
-rebalance Faust seeks each partition to its committed offset and its fetch
-loop took that offset as already read, so a marker sitting there was never
-counted as a gap: the commit stopped at it for good, and the commit guard's
-rebalances only sought back to the same place (15 times per partition in one
-chaos run). This test puts every partition's commit on a marker, makes the
-group rebalance, and checks that the commits reach the end of the log again.
+rebalance Faust seeks each partition to its committed offset, and its fetch
+loop, which reported offsets without a record, took that offset as already
+read: a marker sitting there was never counted, the commit stopped at it for
+good, and the commit guard's rebalances only sought back to the same place.
+Such offsets now come from aiokafka's positions. This test puts every
+partition's commit on a marker, makes the group rebalance, and checks that
+the commits reach the end of the log again.
 """
 
 from __future__ import annotations
