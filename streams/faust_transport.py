@@ -222,10 +222,13 @@ class _Consumer(faust_aiokafka.Consumer):
     def record_absent(self, tp: Any, offset_from: int, offset_to: int) -> None:
         """Count offsets in [offset_from, offset_to), which hold no record, as processed.
 
-        Only on topics whose logs really have such offsets: compacted ones,
-        and every topic under exactly-once (transaction markers, aborted
+        Only for source topics whose logs really have such offsets: compacted
+        ones, and every topic under exactly-once (transaction markers, aborted
         records). Clipped at the committed offset.
         """
+        # Only source topics: nothing ever commits (and so trims) a changelog's gaps.
+        if not self.app.topics.acks_enabled_for(tp.topic):
+            return
         if not self._log_may_skip_offsets(tp.topic):
             return
         committed = self._committed_offset.get(tp)
