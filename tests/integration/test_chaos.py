@@ -92,7 +92,7 @@ class Killer(threading.Thread):
     "rebalances (faust-streaming#318), and its exactly-once producers are fenced on every "
     "rebalance (faust-streaming#323). Tallies in README 'Known limits'; exactly_once has "
     "failed every run (21-10,000 of 20,000 requests undecided: stalls behind open transactions, "
-    "then, after session 10's marker fix, 529 committed past unprocessed).",
+    "then, after session 10's marker fixes, 529 and 46 committed past unprocessed).",
 )
 @pytest.mark.parametrize(
     ("store", "guarantee"),
