@@ -72,7 +72,10 @@ def test_resolutions_are_recorded_and_decide_each_request(xsp_stack: Stack) -> N
     assert all(r.timings_ms.get("total", 0) > 0 for r in recorded)
     # What a test that misses decisions reports about where they got to.
     where = asyncio.run(_whereabouts(xsp_stack, {"chain-ok-0", "chain-ok-1", "never-sent"}))
-    assert where == "last seen: 2 at budget-requests:resolutions; 1 at never produced", where
+    assert where == (
+        "last seen: 2 at budget-requests:resolutions; 1 at never produced; "
+        "no request waits for admit; commit guard fired 0 times"
+    ), where
 
     # The worker's Prometheus endpoint counts the same outcomes.
     samples = scrape(f"{xsp_stack.worker_url(worker)}/metrics")
