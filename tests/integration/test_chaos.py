@@ -92,7 +92,8 @@ class Killer(threading.Thread):
     "rebalances (faust-streaming#318), and its exactly-once producers are fenced on every "
     "rebalance (faust-streaming#323). Tallies in README 'Known limits'; exactly_once has "
     "failed every run (21-10,000 of 20,000 requests undecided: stalls behind open transactions, "
-    "then, after session 10's marker fixes, 529 and 46 committed past unprocessed).",
+    "then, after session 10's marker fixes, 529, 46 and 0, with a worker crashing in "
+    "Faust's table recovery).",
 )
 @pytest.mark.parametrize(
     ("store", "guarantee"),
