@@ -93,7 +93,7 @@ class Killer(threading.Thread):
     "rebalance (faust-streaming#323). Tallies in README 'Known limits'; exactly_once has "
     "failed every run (21-10,000 of 20,000 requests undecided: stalls behind open transactions, "
     "then, after session 10's marker fixes, 529, 46 and 0, with a worker crashing in "
-    "Faust's table recovery).",
+    "Faust's table recovery; after its highwater fix 3 of 3 standalone runs passed).",
 )
 @pytest.mark.parametrize(
     ("store", "guarantee"),
