@@ -118,7 +118,10 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         finally:
             _position_moves.reset(token)
         for tp, (before, after) in spans.items():
-            offsets = [record.offset for record in records.get(tp, ())]
+            returned = records.get(tp, ())
+            if after - before == len(returned):
+                continue  # every offset moved past was handed out: nothing absent
+            offsets = [record.offset for record in returned]
             for start, end in absent_offsets(before, after, offsets):
                 self.consumer.record_absent(tp, start, end)
         return records

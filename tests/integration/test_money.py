@@ -130,16 +130,16 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
     placed: dict[str, tuple[int, int]] = {}
     for topic in (names.ad_requests, names.budget_requests, names.resolve_requests, names.dlq):
         for message in await read_topic(bootstrap, topic, timeout_s=20):
-            if topic == names.ad_requests and message.value:
-                rid = _ad_request_id(message.value)
-                if rid in missing:
-                    placed.setdefault(rid, (message.partition, message.offset))
             try:
                 obj = json.loads(message.value or b"")
             except ValueError:
                 continue
             if not isinstance(obj, dict):
                 continue
+            if topic == names.ad_requests and obj.get("kind", "ad_request") == "ad_request":
+                rid = request_id_in(obj)
+                if rid in missing:
+                    placed.setdefault(rid, (message.partition, message.offset))
             if topic == names.dlq:
                 try:
                     inner = json.loads(base64.b64decode(obj.get("original_b64", "")))
@@ -163,17 +163,6 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
     placed = {rid: at for rid, at in placed.items() if last_seen.get(rid, (0, ""))[0] == 0}
     where = "last seen: " + "; ".join(f"{n} at {stage}" for stage, n in counted.most_common())
     return f"{where}; {await _admit_commits(stack, placed)}; {_guard_log(stack)}"
-
-
-def _ad_request_id(value: bytes) -> str | None:
-    """The request id of an ``ad-requests`` message that is an AdRequest, else None."""
-    try:
-        obj = json.loads(value)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict) or obj.get("kind", "ad_request") != "ad_request":
-        return None
-    return request_id_in(obj)
 
 
 async def _admit_commits(stack: Stack, placed: dict[str, tuple[int, int]]) -> str:
