@@ -1,0 +1,87 @@
+"""A fetch Faust drops while its flow is stopped is read again, even before any commit.
+
+Faust stops its flow when a rebalance starts. Records that a fetch already
+in progress returns then are dropped, and Faust calls ``perform_seek`` to
+go back to the committed offsets. aiokafka does not seek a partition whose
+group has no commit, and Faust's revocation forgets the committed offset it
+knew: xsp's consumer then took the dropped fetch's position as the start,
+and the first records of such a partition were never processed while the
+commit went past them (chaos runs lost requests at offsets 0-5 of one or
+two ad-requests partitions this way). This test runs a real Faust app in
+this process against the real broker, stops its flow and forgets the
+committed offset as a revocation does, sends records into the dropped
+fetch, and requires every one of them to be processed once the flow
+resumes, and the commit to start at the log's first offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaProducer
+from faust.types import TP
+
+from streams.app import create_app
+from streams.kafka_io import create_topics, create_xsp_topics
+from streams.settings import Settings
+from streams.topics import TopicNames
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _dropped_fetch_is_read_again(settings: Settings) -> None:
+    source = f"{settings.topic_prefix}seek-source"
+    await create_xsp_topics(
+        settings.bootstrap_servers, TopicNames.from_prefix(settings.topic_prefix), partitions=1
+    )
+    await create_topics(settings.bootstrap_servers, [source], partitions=1)
+    app = create_app(settings.with_overrides(partitions=1), register_agents=False)
+    # No periodic commit: the group has no commit while the test runs.
+    app.conf.broker_commit_interval = 3600.0
+    topic = app.topic(source, key_serializer="raw", value_serializer="raw", partitions=1)
+    processed: list[int] = []
+
+    @app.agent(topic)
+    async def record_offsets(stream):  # type: ignore[no-untyped-def]
+        async for event in stream.events():
+            processed.append(event.message.offset)
+
+    tp = TP(source, 0)
+    consumer = app.consumer
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    await app.start()
+    try:
+        await _until(lambda: tp in consumer.assignment(), 60, "the partition's assignment")
+        # A first record, processed: the fetch loop is now running and back in a fetch.
+        await producer.send_and_wait(source, b"first", partition=0)
+        await _until(lambda: processed == [0], 60, "the first record")
+        await asyncio.sleep(0.2)
+        # What a rebalance's start does: stop the flow, forget the committed offset.
+        consumer.stop_flow()
+        consumer._committed_offset.pop(tp, None)
+        for index in range(1, 11):
+            await producer.send_and_wait(source, f"record-{index}".encode(), partition=0)
+        # The fetch loop was waiting in aiokafka's getmany: it gets these records,
+        # finds the flow stopped, drops them and seeks.
+        await asyncio.sleep(1.5)
+        assert processed == [0], "records were processed while the flow was stopped"
+        consumer.resume_flow()
+        await _until(lambda: len(set(processed)) >= 11, 30, "the dropped records")
+        assert sorted(set(processed)) == list(range(11))
+        assert consumer._committed_offset.get(tp) == 0
+    finally:
+        await app.stop()
+        await producer.stop()
+
+
+def test_a_dropped_fetch_is_read_again_before_any_commit(xsp_settings: Settings) -> None:
+    asyncio.run(_dropped_fetch_is_read_again(xsp_settings))
