@@ -171,7 +171,7 @@ class _Consumer(faust_aiokafka.Consumer):
         # offsets 0-5 while admit's commit reached the log end). So every
         # source partition ends at its committed offset, as the method
         # promises: the group's commit, else the start this consumer already
-        # fixed for it, else where the reset policy says a group starts.
+        # fixed for it, else the log start (the app's reset policy).
         await super().perform_seek()
         acks_enabled_for = self.app.topics.acks_enabled_for
         sources = [tp for tp in self.assignment() if acks_enabled_for(tp.topic)]
@@ -184,11 +184,12 @@ class _Consumer(faust_aiokafka.Consumer):
                 await self.seek(tp, start)
 
     async def _reset_offsets(self, partitions: list[TP]) -> dict[TP, int]:
-        """Where a group without a commit starts reading each partition (its reset policy)."""
-        if self.app.conf.consumer_auto_offset_reset == "latest":
-            offsets = await self.highwaters(*partitions)
-        else:
-            offsets = await self.earliest_offsets(*partitions)
+        """Where a group without a commit starts reading each partition: the log start.
+
+        xsp's app resets to "earliest" (``streams/app.py``): a request sent
+        before its group's first commit is still a request to answer.
+        """
+        offsets = await self.earliest_offsets(*partitions)
         return {TP(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
