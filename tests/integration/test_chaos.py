@@ -134,7 +134,10 @@ def test_money_stays_exact_through_sigkills_and_a_rebalance(
 
     # Every copy of a decision is identical.
     for rid, copies in decisions.items():
-        assert len({json.dumps(c.to_dict(), sort_keys=True) for c in copies}) == 1, rid
+        distinct = sorted({json.dumps(c.to_dict(), sort_keys=True) for c in copies})
+        assert len(distinct) == 1, f"{rid} has {len(distinct)} different decisions:\n" + "\n".join(
+            distinct
+        )
     first = {rid: copies[0] for rid, copies in decisions.items()}
     counts = Counter(d.status.value for d in first.values())
     assert counts["filled"] > 1000, counts
