@@ -130,6 +130,7 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
         # Worker log lines as text (key=value) or one JSON object per line.
         logging_config=logging_config(settings.log_level, json=settings.log_format == "json"),
         Router="streams.faust_router:Router",
+        Stream="streams.faust_stream:Stream",
         Worker="streams.faust_worker:Worker",
     )
     app.xsp_settings = settings

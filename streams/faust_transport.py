@@ -212,17 +212,27 @@ class _Consumer(faust_aiokafka.Consumer):
         # The message still counts as done for ``wait_empty`` (which waits for
         # in-flight events before partitions are revoked), but its offset is
         # not recorded as processed.
-        app = self.app
-        if (
-            self._revoking
-            or message.generation_id != app.consumer_generation_id
-            or not app.flow_control.is_active()
-        ):
+        refused = self._ack_refusal(message)
+        if refused is not None:
             message.acked = True
             self._unacked_messages.discard(message)
+            metrics = getattr(self.app, "xsp_metrics", None)
+            if metrics is not None:
+                metrics.ack_refused(refused)
             return False
         acked: bool = super().ack(message)
         return acked
+
+    def _ack_refusal(self, message: Message) -> str | None:
+        """Why ``message`` must not count as processed (None: it may)."""
+        app = self.app
+        if self._revoking:
+            return "revoking"
+        if message.generation_id != app.consumer_generation_id:
+            return "old_generation"
+        if not app.flow_control.is_active():
+            return "flow_stopped"
+        return None
 
     async def _commit(self, offsets: Any) -> bool:
         # Faust flushes the producer before committing, but its buffer's flush

@@ -153,6 +153,15 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.acks_refused = Counter(
+            "xsp_acks_refused",
+            "Source messages processed but not counted as done, because a rebalance had "
+            "started (revoking), they were fetched in an earlier group generation "
+            "(old_generation) or the flow was stopped (flow_stopped): they are read again "
+            "from the committed offset.",
+            ["reason"],
+            registry=r,
+        )
         self.lag_refresh_errors = Counter(
             "xsp_lag_refresh_errors_total",
             "Failed attempts to read consumer lag from the brokers.",
@@ -227,6 +236,10 @@ class Metrics:
     def commit_hole_repaired(self, topic: str) -> None:
         """Count one partition of ``topic`` re-read because its commit was stuck."""
         self.commit_holes_repaired.labels(topic=topic).inc()
+
+    def ack_refused(self, reason: str) -> None:
+        """Count one processed message whose ack was refused (``reason``: see the counter)."""
+        self.acks_refused.labels(reason=reason).inc()
 
     def reservations_expired_inc(self, table: str, count: int = 1) -> None:
         """Count ``count`` reservations of ``table`` released on expiry."""

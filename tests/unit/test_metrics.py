@@ -28,6 +28,7 @@ EXPECTED_FAMILIES = {
     "xsp_log_end_offset": ("gauge", {"topic", "partition"}),
     "xsp_lag_refresh_errors": ("counter", set()),
     "xsp_commit_holes_repaired": ("counter", {"topic"}),
+    "xsp_acks_refused": ("counter", {"reason"}),
     "xsp_spend_micros": ("counter", {"campaign"}),
     "xsp_budget_micros": ("gauge", {"campaign"}),
     "xsp_budget_spent_micros": ("gauge", {"campaign"}),
@@ -103,6 +104,9 @@ def test_counters_increase_and_exposition_parses() -> None:
     metrics.reservations_expired_inc("budget", 2)
     metrics.set_reservations_open("frequency", 7)
     metrics.set_table_keys("frequency", 42)
+    metrics.ack_refused("revoking")
+    metrics.ack_refused("revoking")
+    metrics.ack_refused("old_generation")
 
     assert sample(metrics, "xsp_events_in_total", agent="admit", topic="xsp.ad-requests") == 5
     assert sample(metrics, "xsp_events_out_total", agent="admit", topic="xsp.budget-requests") == 3
@@ -116,6 +120,8 @@ def test_counters_increase_and_exposition_parses() -> None:
     assert sample(metrics, "xsp_reservations_expired_total", table="budget") == 2
     assert sample(metrics, "xsp_reservations_open", table="frequency") == 7
     assert sample(metrics, "xsp_table_keys", table="frequency") == 42
+    assert sample(metrics, "xsp_acks_refused_total", reason="revoking") == 2
+    assert sample(metrics, "xsp_acks_refused_total", reason="old_generation") == 1
     parsed = families(metrics)
     assert parsed["xsp_decisions"].type == "counter"
 
