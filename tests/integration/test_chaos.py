@@ -91,8 +91,8 @@ class Killer(threading.Thread):
     reason="KNOWN FAILURE until clean-clone CI confirms passes (issue 5 open): "
     "faust-streaming 0.15.3 loses or stalls messages across rebalances (faust-streaming#318). "
     "Session 11 fixed the last loss found (a partition without a commit started past a "
-    "dropped fetch); since then the at-least-once variants passed every run (7 standalone, "
-    "2 clean-clone CI), exactly-once 4 of 6 standalone and 0 of 2 in CI (stalls, a fenced "
+    "dropped fetch); since then the at-least-once variants passed every run (8 standalone, "
+    "4 clean-clone CI), exactly-once 5 of 7 standalone and 2 of 4 in CI (stalls, a fenced "
     "worker, one request with two different decisions). Current state in README "
     "'Known limits', every earlier run in docs/history.md.",
 )
