@@ -21,11 +21,10 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
-from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
 from streams.app import XspApp, create_app
-from streams.kafka_io import create_topics, create_xsp_topics
+from streams.kafka_io import create_topics, create_xsp_topics, produce
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -68,13 +67,7 @@ async def _running_app(settings: Settings) -> AsyncIterator[tuple[XspApp, str, l
 
 
 async def _send(settings: Settings, topic: str, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
-    await producer.start()
-    try:
-        for value in values:
-            await producer.send_and_wait(topic, value, partition=0)
-    finally:
-        await producer.stop()
+    await produce(settings.bootstrap_servers, topic, [(None, value) for value in values])
 
 
 async def _dropped_fetch_is_read_again(settings: Settings) -> None:
