@@ -29,7 +29,7 @@ from faust.types import TP
 from streams.app import XspApp
 from streams.commit_watch import CommitWatch, PartitionProgress
 
-__all__ = ["CHECK_EVERY_S", "commit_progress", "register"]
+__all__ = ["CHECK_EVERY_S", "commit_progress", "hole_evidence", "register"]
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_S = 2.0
@@ -50,6 +50,18 @@ def commit_progress(consumer: Any) -> list[PartitionProgress]:
     ]
 
 
+def hole_evidence(consumer: Any, tp: TP) -> str:
+    """What the consumer knows just above a stuck commit: the lowest processed offsets,
+    the offsets it counts as holding no record (transaction markers, aborted or
+    compacted records) and Faust's read offset. The offsets in none of them are the
+    hole."""
+    acked = sorted(getattr(consumer, "_acked", {}).get(tp) or [])[:5]
+    gaps = getattr(consumer, "_gap", {}).get(tp)
+    absent = sorted((i.begin, i.end) for i in gaps)[:5] if gaps else []
+    read = getattr(consumer, "_read_offset", {}).get(tp)
+    return f"lowest processed {acked}, no record at {absent}, read offset {read}"
+
+
 def register(app: XspApp) -> None:
     """Attach the commit guard timer to ``app``."""
     watch = CommitWatch(stuck_after_s=app.xsp_settings.commit_stuck_after_s)
@@ -62,12 +74,14 @@ def register(app: XspApp) -> None:
         for p in stuck:
             log.warning(
                 "%s[%s]: committed offset %s has not moved for %.0f s although offsets up to "
-                "%s are processed; asking for a rebalance to re-read from it (faust-streaming#318)",
+                "%s are processed (%s); asking for a rebalance to re-read from it "
+                "(faust-streaming#318)",
                 p.partition.topic,
                 p.partition.partition,
                 p.committed,
                 watch.stuck_after_s,
                 p.highest_acked,
+                hole_evidence(consumer, p.partition),
             )
             metrics.commit_hole_repaired(p.partition.topic)
         if stuck:
