@@ -16,20 +16,8 @@ Offsets that hold no record (transaction markers, aborted or compacted
 records), which a commit may pass, are read from how far aiokafka moves each
 position during a fetch, not from Faust's fetch loop (``record_absent``).
 
-Exactly-once: faust-streaming 0.15.3 picks the transactional producer of a
-send by the *destination* partition (``{app}-{group}-{partition}``), and a
-worker only has producers for partitions assigned to it. Every re-keyed send
-(admit -> budget by campaign, budget -> ad-requests by user) to a partition
-owned by another worker then failed with ``ProducerSendError: No transaction
-producer found`` and crashed the agent: with two workers the chaos test got
-29 decisions out of 20,000; with one worker, all 20,000. And sends to topics
-outside Faust's groups (reply topics, resolve-requests, the DLQ) went out of
-any transaction. ``_SourceTransactions`` uses the Kafka Streams rule instead:
-everything sent while processing an event goes into the transaction of the
-event's *source* partition, the one that also commits that event's offset,
-so outputs and offset commit together or not at all. Sends outside an event
-(Faust's changelog buffer, which is co-partitioned with the source) keep
-Faust's rule when this worker owns the destination, else go out plain.
+Exactly-once: ``streams/faust_transactions.py`` (which transaction a send
+joins, when transactions end, and what a lost one does to the worker).
 """
 
 from __future__ import annotations
@@ -42,13 +30,12 @@ from typing import Any, ClassVar
 
 import aiokafka
 from aiokafka.consumer import fetcher as fetcher_module
-from faust.streams import current_event
-from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from faust.types.tuples import Message, RecordMetadata
+from faust.types.tuples import Message
 
 from streams.commit_watch import commit_offset
+from streams.faust_transactions import SourceTransactions, drain
 from streams.prompt_fetch import prompt_fetches
 
 __all__ = ["Transport"]
@@ -198,6 +185,10 @@ class _Consumer(faust_aiokafka.Consumer):
         # "never committed", and the revocation's own commit then passed
         # every offset below it (7 requests lost in one chaos run).
         self._revoking = True
+        if self.in_transaction:
+            # Commit the processed offsets with their transactions while Faust
+            # still knows them (it forgets them next); see faust_transactions.
+            await self.commit()
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
@@ -240,7 +231,7 @@ class _Consumer(faust_aiokafka.Consumer):
         # processed messages could still sit in the buffer when their offsets
         # were committed, and a SIGKILL then lost them (43 requests in one
         # chaos run). Every output handed over so far reaches the broker first.
-        await _drain(self.app.producer)
+        await drain(self.app.producer)
         committed: bool = await super()._commit(offsets)
         return committed
 
@@ -313,66 +304,11 @@ class _Consumer(faust_aiokafka.Consumer):
             gaps.chop(0, max(top, absent[-1].end))
 
 
-async def _drain(producer: Any) -> None:
-    """Return once every message handed to Faust's producer so far is acked by the broker."""
-    buffer = producer.buffer
-    while buffer.size:
-        await buffer.flush()
-    # The buffer's sender pops a message before handing it to aiokafka:
-    # one loop turn lets the last one reach aiokafka's accumulator.
-    await asyncio.sleep(0)
-    await producer.flush()
-
-
-class _SourceTransactions(TransactionManager):
-    """Exactly-once with one transaction per *source* partition (see the module docstring)."""
-
-    async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
-        # Outputs still in Faust's producer buffer would miss the transaction
-        # being committed and be sent after it ended ("Can't send messages
-        # while not in transaction").
-        await _drain(self.producer)
-        committed: bool = await super().commit(offsets, start_new_transaction)
-        return committed
-
-    def _transaction_of(self, tp: TP) -> str | None:
-        try:
-            return next(iter(self._tps_to_transactional_ids({tp})), None)
-        except KeyError:  # a topic outside Faust's co-partitioned groups
-            return None
-
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        timestamp: float | None,
-        headers: Any,
-        *,
-        transactional_id: str | None = None,
-    ) -> Any:
-        destination = self.consumer.key_partition(topic, key, partition)
-        event = current_event()
-        if event is not None:
-            transaction = self._transaction_of(event.message.tp)
-        elif destination is not None:
-            transaction = self._transaction_of(TP(topic, destination))
-            if transaction not in self.producer._transaction_producers:  # type: ignore[attr-defined]
-                transaction = None
-        else:
-            transaction = None
-        sent: RecordMetadata = await self.producer.send(
-            topic, key, value, destination, timestamp, headers, transactional_id=transaction
-        )
-        return sent
-
-
 class Transport(faust_aiokafka.Transport):
     """The aiokafka transport: short fetch wait, source-partition transactions."""
 
     Consumer: ClassVar[Any] = _Consumer
-    TransactionManager: ClassVar[Any] = _SourceTransactions
+    TransactionManager: ClassVar[Any] = SourceTransactions
 
 
 # Per fetch of Faust's consumer: topic-partition -> [position before, after].

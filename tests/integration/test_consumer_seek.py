@@ -17,70 +17,23 @@ resumes, and the commit to start at the log's first offset.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
 
-from faust.types import TP
-
-from streams.app import XspApp, create_app
-from streams.kafka_io import create_topics, create_xsp_topics, produce
 from streams.settings import Settings
-from streams.topics import TopicNames
-
-
-async def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def _running_app(settings: Settings) -> AsyncIterator[tuple[XspApp, str, list[int]]]:
-    """A Faust app of this process on one fresh source topic, its agent recording offsets.
-
-    Yields once the partition is assigned; the group never commits meanwhile.
-    """
-    source = f"{settings.topic_prefix}seek-source"
-    await create_xsp_topics(
-        settings.bootstrap_servers, TopicNames.from_prefix(settings.topic_prefix), partitions=1
-    )
-    await create_topics(settings.bootstrap_servers, [source], partitions=1)
-    app = create_app(settings.with_overrides(partitions=1), register_agents=False)
-    app.conf.broker_commit_interval = 3600.0
-    topic = app.topic(source, key_serializer="raw", value_serializer="raw", partitions=1)
-    processed: list[int] = []
-
-    @app.agent(topic)
-    async def record_offsets(stream):  # type: ignore[no-untyped-def]
-        async for event in stream.events():
-            processed.append(event.message.offset)
-
-    await app.start()
-    try:
-        await _until(lambda: TP(source, 0) in app.consumer.assignment(), 60, "the assignment")
-        yield app, source, processed
-    finally:
-        await app.stop()
-
-
-async def _send(settings: Settings, topic: str, values: list[bytes]) -> None:
-    await produce(settings.bootstrap_servers, topic, [(None, value) for value in values])
+from tests.integration.inprocess_app import running_app, send, until
 
 
 async def _dropped_fetch_is_read_again(settings: Settings) -> None:
-    async with _running_app(settings) as (app, source, processed):
-        consumer, tp = app.consumer, TP(source, 0)
+    async with running_app(settings) as running:
+        app, source, processed = running.app, running.source, running.processed
+        consumer, tp = app.consumer, running.tp
         # A first record, processed: the fetch loop is now running and back in a fetch.
-        await _send(settings, source, [b"first"])
-        await _until(lambda: processed == [0], 60, "the first record")
+        await send(settings, source, [b"first"])
+        await until(lambda: processed == [0], 60, "the first record")
         await asyncio.sleep(0.2)
         # What a rebalance's start does: stop the flow, forget the committed offset.
         consumer.stop_flow()
         consumer._committed_offset.pop(tp, None)
-        await _send(settings, source, [f"record-{index}".encode() for index in range(1, 11)])
+        await send(settings, source, [f"record-{index}".encode() for index in range(1, 11)])
         # The fetch loop was waiting in aiokafka's getmany: it gets these records,
         # finds the flow stopped, drops them and seeks.
         await asyncio.sleep(1.5)
@@ -88,26 +41,27 @@ async def _dropped_fetch_is_read_again(settings: Settings) -> None:
         start = consumer._committed_offset.get(tp)
         assert start is not None, "no fetch was dropped while the flow was stopped: nothing tested"
         consumer.resume_flow()
-        await _until(lambda: len(set(processed)) >= 11, 30, "the dropped records")
+        await until(lambda: len(set(processed)) >= 11, 30, "the dropped records")
         assert sorted(set(processed)) == list(range(11))
         assert start == 0, f"commits would start at {start}, not at the log's first offset"
 
 
 async def _acks_refused_while_revoking(settings: Settings) -> None:
-    async with _running_app(settings) as (app, source, processed):
-        consumer, tp = app.consumer, TP(source, 0)
+    async with running_app(settings) as running:
+        app, source, processed = running.app, running.source, running.processed
+        consumer, tp = app.consumer, running.tp
         registry = app.xsp_metrics.registry
 
         def refused() -> float:
             value = registry.get_sample_value("xsp_acks_refused_total", {"reason": "revoking"})
             return value or 0.0
 
-        await _send(settings, source, [b"first"])
-        await _until(lambda: 0 in consumer._acked_index[tp], 60, "the first record's ack")
+        await send(settings, source, [b"first"])
+        await until(lambda: 0 in consumer._acked_index[tp], 60, "the first record's ack")
         # Between the start of a revocation and the next assignment nothing counts as done.
         consumer._revoking = True
-        await _send(settings, source, [b"second"])
-        await _until(lambda: refused() == 1, 10, "the second record's refused ack")
+        await send(settings, source, [b"second"])
+        await until(lambda: refused() == 1, 10, "the second record's refused ack")
         assert processed == [0, 1]
         assert 1 not in consumer._acked_index[tp], "a message processed while revoking was acked"
 
