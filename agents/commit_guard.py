@@ -52,14 +52,12 @@ def commit_progress(consumer: Any) -> list[PartitionProgress]:
 
 def hole_evidence(consumer: Any, tp: TP) -> str:
     """What the consumer knows just above a stuck commit: the lowest processed offsets,
-    the offsets it counts as holding no record (transaction markers, aborted or
-    compacted records) and Faust's read offset. The offsets in none of them are the
-    hole."""
+    and the offsets it counts as holding no record (transaction markers, aborted or
+    compacted records). The offsets in neither are the hole."""
     acked = sorted(getattr(consumer, "_acked", {}).get(tp) or [])[:5]
     gaps = getattr(consumer, "_gap", {}).get(tp)
     absent = sorted((i.begin, i.end) for i in gaps)[:5] if gaps else []
-    read = getattr(consumer, "_read_offset", {}).get(tp)
-    return f"lowest processed {acked}, no record at {absent}, read offset {read}"
+    return f"lowest processed {acked}, no record at {absent}"
 
 
 def register(app: XspApp) -> None:
