@@ -19,12 +19,15 @@ SIGKILLs): up to 491 requests never decided, committed offsets stuck
    recorded as read, and a re-fetch below that read offset is dropped again
    ("DROPPED MESSAGE ROFF"; faust-streaming#318, #606, robinhood/faust#681).
    Its offset is never acked, so with rule 1 the committed offset stops at
-   the hole while later messages are processed. ``CommitWatch`` spots such
-   a partition and the worker asks for a group rebalance, whose recovery
-   re-reads it from the committed offset (``agents/commit_guard.py``).
-   A seek of the one partition was tried first and left it stalled for good
-   (4 of 4 rewound partitions in two runs): the rebalance is Faust's own,
-   tested path.
+   the hole while later messages are processed. Since session 12 xsp's
+   consumer never reports a read offset to Faust's fetch loop, so the
+   re-fetch is delivered (``streams/faust_transport.py``,
+   ``_UnreportedReadOffsets``). For any hole left (a message dropped some
+   other way) ``CommitWatch`` spots the partition and the worker asks for a
+   group rebalance, whose recovery re-reads it from the committed offset
+   (``agents/commit_guard.py``). A seek of the one partition was tried first
+   and left it stalled for good (4 of 4 rewound partitions in two runs): the
+   rebalance is Faust's own, tested path.
 
 Re-reading is safe because every handler is idempotent by request id. No
 Faust import here.
