@@ -33,10 +33,11 @@ from tests.integration.test_money import await_decisions, campaign, send_request
 # clean-clone CI runs) and is a plain test again: a failure now fails CI.
 EXACTLY_ONCE_KNOWN_FAILURE = pytest.mark.xfail(
     strict=False,
-    reason="KNOWN FAILURE, intermittent (issue 5 open): exactly-once passed 5 of 7 "
-    "standalone runs and 3 of 5 clean-clone CI runs in session 11 (commit stalls, a fenced "
-    "worker, one request with two different decisions). Current state in README "
-    "'Known limits', every earlier run in docs/history.md.",
+    reason="KNOWN FAILURE until clean-clone CI confirms session 12's fixes (issue 5 open): "
+    "exactly-once failed 2 of 5 clean-clone CI runs in session 11 (commit stalls, a fenced "
+    "worker, one request with two different decisions); with transactions that end at a "
+    "rebalance and read offsets no longer reported it passed 7 of 7 standalone runs. "
+    "README 'Known limits', every earlier run in docs/history.md.",
 )
 
 REQUESTS = 20_000

@@ -35,10 +35,10 @@ def _requests(prefix: str, count: int) -> list[AdRequest]:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="KNOWN FAILURE, intermittent (issue 5 open): the exactly-once commit stall of "
-    "README 'Known limits' (a partition's commit moves 1-2 offsets per commit-guard "
-    "rebalance) left budget-requests[3] at 113 of 412 in 1 of 5 clean-clone CI runs "
-    "(session 11); the markers this test is about were passed in every run.",
+    reason="KNOWN FAILURE until clean-clone CI confirms session 12's fixes (issue 5 open): "
+    "a commit stall (holes left by Faust's read offset, a few offsets repaired per "
+    "commit-guard rebalance) left budget-requests[3] at 113 of 412 in 1 of 5 clean-clone "
+    "CI runs in session 11; 4 of 4 standalone runs passed in session 12.",
 )
 def test_exactly_once_commits_pass_transaction_markers_after_a_rebalance(
     xsp_stack: Stack,
