@@ -1,7 +1,8 @@
 """End-to-end pipeline benchmark: one xsp worker process against a real local Apache Kafka.
 
 Usage: ``python -m benchmarks.bench_pipeline [--quick] [--only memory|throughput]
-[--latency-rate R] [--json-out PATH] [--store memory|rocksdb]``
+[--latency-rate R] [--json-out PATH] [--store memory|rocksdb]
+[--guarantee at_least_once|exactly_once]``
 
 Everything runs on 127.0.0.1 in one temporary folder, in one run:
 
@@ -657,6 +658,7 @@ async def bench_peak_and_latency(
             profile=profile,
         )
         out["peak"]["store"] = settings.store
+        out["peak"]["guarantee"] = settings.processing_guarantee
         dps = out["peak"]["decisions_per_s"]
         _log(
             f"peak: {out['peak']['decided']}/{n_main} decisions in "
@@ -1246,7 +1248,8 @@ def render(r: dict[str, Any]) -> str:
     )
     lines.append(
         f"2. peak      {peak.get('decided')}/{peak.get('requests')} decisions "
-        f"({peak.get('users')} users, {peak.get('campaigns')} campaigns, store {peak.get('store')})"
+        f"({peak.get('users')} users, {peak.get('campaigns')} campaigns, "
+        f"store {peak.get('store')}, {peak.get('guarantee', 'at_least_once')})"
         f" in {_fmt(peak.get('elapsed_s'), '.1f')} s"
     )
     lines.append(
@@ -1402,6 +1405,12 @@ def main(argv: list[str] | None = None) -> int:
         help="table store of the peak/latency worker (memory phase is rocksdb)",
     )
     ap.add_argument(
+        "--guarantee",
+        choices=("at_least_once", "exactly_once"),
+        default="at_least_once",
+        help="processing guarantee of the peak/latency worker (the targets are at-least-once)",
+    )
+    ap.add_argument(
         "--only",
         choices=("memory", "throughput"),
         default=None,
@@ -1474,6 +1483,7 @@ def main(argv: list[str] | None = None) -> int:
                 topic_prefix=f"bench{run}.",
                 store=f"{args.store}://",
                 data_dir=workdir / "peak-worker",
+                processing_guarantee=args.guarantee,
             )
             result.update(
                 asyncio.run(

@@ -121,6 +121,7 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_commit_interval=settings.effective_commit_interval_s,
         web_enabled=settings.web_enabled,
         web_host=settings.web_host,
         web_bind=settings.web_host,

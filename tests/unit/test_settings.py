@@ -49,6 +49,7 @@ def test_round_trip_through_environment() -> None:
         ({"XSP_WEB_ENABLED": "maybe"}, "XSP_WEB_ENABLED must be true/false"),
         ({"XSP_PROCESSING_GUARANTEE": "twice"}, "XSP_PROCESSING_GUARANTEE must be"),
         ({"XSP_WEB_PORT": "70000"}, "XSP_WEB_PORT must be a TCP port"),
+        ({"XSP_COMMIT_INTERVAL_MS": "-1"}, "XSP_COMMIT_INTERVAL_MS must be between 0 and 60000"),
     ],
 )
 def test_bad_values_raise_one_line_errors(env: dict[str, str], message: str) -> None:
@@ -62,3 +63,11 @@ def test_readme_documents_every_variable() -> None:
     documented = set(re.findall(r"`(XSP_[A-Z_]+)`", README.read_text()))
     missing = set(ENV_VARS.values()) - documented
     assert not missing, f"README configuration table lacks {sorted(missing)}"
+
+
+def test_commit_interval_follows_the_guarantee_unless_set() -> None:
+    assert Settings().effective_commit_interval_s == 2.8
+    exactly_once = Settings(processing_guarantee="exactly_once")
+    assert exactly_once.effective_commit_interval_s == 0.1
+    chosen = Settings.from_env({"XSP_COMMIT_INTERVAL_MS": "500"})
+    assert chosen.effective_commit_interval_s == 0.5
