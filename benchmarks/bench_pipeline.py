@@ -2,7 +2,7 @@
 
 Usage: ``python -m benchmarks.bench_pipeline [--quick] [--only memory|throughput]
 [--latency-rate R] [--json-out PATH] [--store memory|rocksdb]
-[--guarantee at_least_once|exactly_once]``
+[--guarantee at_least_once|exactly_once] [--commit-interval-ms MS]``
 
 Everything runs on 127.0.0.1 in one temporary folder, in one run:
 
@@ -659,6 +659,7 @@ async def bench_peak_and_latency(
         )
         out["peak"]["store"] = settings.store
         out["peak"]["guarantee"] = settings.processing_guarantee
+        out["peak"]["commit_interval_s"] = settings.effective_commit_interval_s
         dps = out["peak"]["decisions_per_s"]
         _log(
             f"peak: {out['peak']['decided']}/{n_main} decisions in "
@@ -1249,7 +1250,8 @@ def render(r: dict[str, Any]) -> str:
     lines.append(
         f"2. peak      {peak.get('decided')}/{peak.get('requests')} decisions "
         f"({peak.get('users')} users, {peak.get('campaigns')} campaigns, "
-        f"store {peak.get('store')}, {peak.get('guarantee', 'at_least_once')})"
+        f"store {peak.get('store')}, {peak.get('guarantee', 'at_least_once')}, "
+        f"commits every {_fmt(peak.get('commit_interval_s'), '.1f')} s)"
         f" in {_fmt(peak.get('elapsed_s'), '.1f')} s"
     )
     lines.append(
@@ -1411,6 +1413,12 @@ def main(argv: list[str] | None = None) -> int:
         help="processing guarantee of the peak/latency worker (the targets are at-least-once)",
     )
     ap.add_argument(
+        "--commit-interval-ms",
+        type=int,
+        default=0,
+        help="XSP_COMMIT_INTERVAL_MS of the peak/latency worker (default 0: by guarantee)",
+    )
+    ap.add_argument(
         "--only",
         choices=("memory", "throughput"),
         default=None,
@@ -1484,6 +1492,7 @@ def main(argv: list[str] | None = None) -> int:
                 store=f"{args.store}://",
                 data_dir=workdir / "peak-worker",
                 processing_guarantee=args.guarantee,
+                commit_interval_ms=args.commit_interval_ms,
             )
             result.update(
                 asyncio.run(
