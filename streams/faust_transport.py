@@ -142,17 +142,18 @@ class _UnreportedReadOffsets(dict[TP, int | None]):
 
     Faust's fetch loop drops a fetched message whose offset is below the
     partition's read offset ("DROPPED MESSAGE ROFF"), and it records a
-    message as read once its hand-over to the streams *ended*, also when the
-    hand-over was cancelled because a rebalance stopped the flow meanwhile.
-    Such a message was never delivered; the seek back to the committed offset
-    that follows let the consumer fetch it again, and the read offset, which
-    pointed past it, dropped it a second time. Chaos runs showed the result
-    (a commit guard warning listed each offset of the hole as fetched twice,
-    never acked or refused): 38 messages of one partition unprocessed until
-    the guard's rebalance, 3-10 guard rebalances per exactly-once run. With
-    no read offset reported every fetched message reaches the streams; a
-    message is read twice only after a seek back, which Faust's own seeks
-    already allow, and every handler is idempotent.
+    message as read once its hand-over to the streams *ended*, also when a
+    rebalance stopping the flow cancelled the hand-over. A message whose
+    hand-over was cancelled, fetched again after the seek back to the
+    committed offset, was then dropped once more whenever the read offset was
+    recorded after that seek. In a chaos run a commit guard diagnostic listed
+    38 offsets of one partition each fetched twice and never acked or
+    refused, while every later offset was processed; the guard's rebalances
+    (3-10 per exactly-once run) were what re-read such holes. With no read
+    offset reported every fetched message reaches the streams: the guard
+    fired once in 12 chaos runs since. A message is read twice only after a
+    seek back, which Faust's own seeks already allow, and every handler is
+    idempotent.
     """
 
     def __getitem__(self, tp: TP) -> None:
