@@ -29,17 +29,6 @@ from streams.replay import table_snapshot
 from tests.conftest import Stack
 from tests.integration.test_money import await_decisions, campaign, send_requests
 
-# At-least-once passed every run since session 11's seek fix (8 standalone, 5
-# clean-clone CI runs) and is a plain test again: a failure now fails CI.
-EXACTLY_ONCE_KNOWN_FAILURE = pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN FAILURE until clean-clone CI confirms session 12's fixes (issue 5 open): "
-    "exactly-once failed 2 of 5 clean-clone CI runs in session 11 (commit stalls, a fenced "
-    "worker, one request with two different decisions); with transactions that end at a "
-    "rebalance and read offsets no longer reported it passed 7 of 7 standalone runs. "
-    "README 'Known limits', every earlier run in docs/history.md.",
-)
-
 REQUESTS = 20_000
 USERS = 2_000
 CAPS = {"chaos-a": 3, "chaos-b": 2}
@@ -97,12 +86,16 @@ class Killer(threading.Thread):
 
 
 @pytest.mark.timeout(900)
+# Every variant is a plain test: at-least-once passed every run since session 11's
+# seek fix (8 standalone, 5 clean-clone CI runs, 4 + 2 in session 12), exactly-once
+# every run since session 12's transaction and read-offset fixes (12 standalone, 2
+# clean-clone). A failure now fails CI; README "Known limits" keeps the history.
 @pytest.mark.parametrize(
     ("store", "guarantee"),
     [
         ("memory://", "at_least_once"),
         ("rocksdb://", "at_least_once"),
-        pytest.param("memory://", "exactly_once", marks=EXACTLY_ONCE_KNOWN_FAILURE),
+        ("memory://", "exactly_once"),
     ],
 )
 def test_money_stays_exact_through_sigkills_and_a_rebalance(

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from streams.records import AdRequest, DecisionStatus
 from tests.conftest import Stack
 from tests.integration.test_chaos import assert_commits_catch_up
@@ -33,13 +31,6 @@ def _requests(prefix: str, count: int) -> list[AdRequest]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN FAILURE until clean-clone CI confirms session 12's fixes (issue 5 open): "
-    "a commit stall (holes left by Faust's read offset, a few offsets repaired per "
-    "commit-guard rebalance) left budget-requests[3] at 113 of 412 in 1 of 5 clean-clone "
-    "CI runs in session 11; 4 of 4 standalone runs passed in session 12.",
-)
 def test_exactly_once_commits_pass_transaction_markers_after_a_rebalance(
     xsp_stack: Stack,
 ) -> None:
