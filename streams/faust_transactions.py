@@ -90,8 +90,10 @@ class SourceTransactions(TransactionManager):
         await drain(self.producer)
         by_transaction: dict[str, dict[TP, int]] = defaultdict(dict)
         for tp, offset in offsets.items():
-            group = self.app.assignor.group_for_topic(tp.topic)
-            by_transaction[f"{self.app.conf.id}-{group}-{tp.partition}"][tp] = offset
+            transaction = self._transaction_of(tp)
+            if transaction is None:  # Faust commits only its groups' topics
+                await self._lose(str(tp), "its topic is in no partition group")
+            by_transaction[transaction][tp] = offset
         for transaction, its_offsets in by_transaction.items():
             await self._commit_transaction(transaction, its_offsets, start_new_transaction)
         return True
