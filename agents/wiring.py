@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 import weakref
@@ -20,6 +19,7 @@ from faust.exceptions import ProducerSendError
 from faust.streams import current_event
 from faust.types import EventT, TableT, TopicT
 
+from streams import json_codec
 from streams.app import XspApp
 from streams.faust_router import partition_of
 from streams.key_groups import GroupedDict
@@ -139,7 +139,7 @@ def prune_on_tick(store: TableStore, message: Any, config: PipelineConfig, parti
 def _request_id(raw: bytes | None) -> str | None:
     """The request id inside a message, if it has one (for the log line about it)."""
     try:
-        return request_id_in(json.loads(raw or b""))
+        return request_id_in(json_codec.loads(raw or b""))
     except ValueError:
         return None
 
@@ -205,7 +205,7 @@ class Router:
             if output.status is not None:
                 self.metrics.decision(output.status)
                 if output.status == "filled":
-                    decision = json.loads(output.value)
+                    decision = json_codec.loads(output.value)
                     self.metrics.spent(decision["campaign_id"], decision["spend_micros"])
                 if output.event_time_ms:
                     age_s = time.time() - output.event_time_ms / 1000

@@ -41,11 +41,11 @@ redelivery delay (TTL + consumer restart), not more.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
+from streams import json_codec
 from streams.campaign import Campaign, canonical_json, load_zone
 from streams.money import MoneyError, cpm_to_cpi_micros, parse_amount, parse_currency
 
@@ -323,7 +323,7 @@ class BudgetState:
     @classmethod
     def from_json_bytes(cls, data: bytes) -> BudgetState:
         """Inverse of :meth:`to_json_bytes`."""
-        return cls.from_dict(json.loads(data))
+        return cls.from_dict(json_codec.loads(data))
 
 
 # --------------------------------------------------------------------------- internals

@@ -30,7 +30,6 @@ are rejected so that a typo in a money-relevant config never passes silently.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from streams import json_codec
 from streams.money import (
     MoneyError,
     check_micros,
@@ -108,7 +108,7 @@ class CampaignError(ValueError):
 
 
 def canonical_json(obj: Any) -> bytes:
-    """Deterministic UTF-8 JSON: sorted keys, compact separators, ASCII only.
+    """Deterministic JSON (``streams.json_codec``) of money state: floats refused.
 
     Guarantees: equal dicts (of str/int/bool/None/list/dict) give equal
     bytes regardless of insertion order; floats are refused because their
@@ -124,9 +124,7 @@ def canonical_json(obj: Any) -> bytes:
             return [_no_float(v) for v in o]
         return o
 
-    return json.dumps(
-        _no_float(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True
-    ).encode("ascii")
+    return json_codec.dumps(_no_float(obj))
 
 
 def load_zone(name: str) -> ZoneInfo:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams import json_codec
 from streams.campaign import Campaign, CampaignError, GlobalCaps, parse_campaign, parse_global_caps
 from streams.kafka_io import at_end
 
@@ -42,8 +42,8 @@ def decode_campaign_value(key: str, raw: bytes) -> Campaign | GlobalCaps:
     two configs for one campaign under different keys.
     """
     try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = json_codec.loads(raw)
+    except json_codec.JSONDecodeError as exc:
         raise CampaignError(f"campaign config is not JSON: {exc}") from None
     if key == GLOBAL_CAPS_KEY:
         return parse_global_caps(obj)
@@ -85,8 +85,8 @@ class DirectoryView:
             self.exhausted.pop(key, None)
             return
         try:
-            status = json.loads(raw)
-        except json.JSONDecodeError:
+            status = json_codec.loads(raw)
+        except json_codec.JSONDecodeError:
             return
         if isinstance(status, dict) and status.get("exhausted"):
             self.exhausted[key] = str(status.get("reason", "exhausted"))

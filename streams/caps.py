@@ -46,12 +46,12 @@ gets the same answer) or refused: never counted twice.
 from __future__ import annotations
 
 import bisect
-import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
 
+from streams import json_codec
 from streams.campaign import (
     CALENDAR_UNIT_SECONDS,
     MAX_WINDOWED_LIMIT,
@@ -375,7 +375,7 @@ class FrequencyState:
     @classmethod
     def from_json_bytes(cls, data: bytes) -> FrequencyState:
         """Inverse of :meth:`to_json_bytes`."""
-        return cls.from_dict(json.loads(data))
+        return cls.from_dict(json_codec.loads(data))
 
 
 @dataclass(frozen=True, slots=True)

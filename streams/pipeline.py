@@ -39,7 +39,6 @@ Money and decisions
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from streams import budget as budget_logic
 from streams import caps as caps_logic
+from streams import json_codec
 from streams.campaign import Campaign
 from streams.campaign_directory import DirectoryView
 from streams.records import (
@@ -96,16 +96,6 @@ __all__ = [
 
 SEP = "\x1f"
 log = logging.getLogger(__name__)
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Deterministic row encoding: sorted keys, compact separators, ASCII.
-
-    Rows are built only from ints, strings, bools and None, so this skips
-    ``streams.campaign.canonical_json``'s recursive float check, which was a
-    quarter of the budget agent's CPU (a profile of a 3,000-request burst).
-    """
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
 R = TypeVar(
@@ -268,7 +258,7 @@ class DeadLetterError(ValueError):
 
 def _load(store: RowStore, key: str) -> dict[str, Any] | None:
     raw = store.get(key)
-    return None if raw is None else json.loads(raw)
+    return None if raw is None else json_codec.loads(raw)
 
 
 def _record_key(row_key: str, request_id: str) -> str:
@@ -323,7 +313,7 @@ def _store_records(
             if committed:
                 # In case this write outlives its row write.
                 value["prev"] = {k: v for k, v in committed.items() if k != "prev"}
-        store.put(key, canonical_json(value))
+        store.put(key, json_codec.dumps(value))
     state_dict["records"] = {}
     # The floor guards forgotten ids inside one row; here records expire by key instead.
     state_dict["floor_ms"] = None
@@ -371,7 +361,7 @@ def prune_records(
     stale = []
     for prefix in ("r:", "s:", "p:"):
         for key, raw in store.scan(prefix):
-            value = json.loads(raw)
+            value = json_codec.loads(raw)
             if prefix == "p:" and _is_pending(value):
                 continue  # a pending reservation: expiry, not pruning, ends it
             # Ownership last: it hashes the key (murmur2 in Python), and only
@@ -489,7 +479,7 @@ def _save_user(store: RowStore, user_id: str, row: _UserRow) -> None:
     body = {"seq": seq, "state": slim, "pending": row.pending, "served": row.served}
     if src is not None:
         body["src"] = src
-    store.put(row_key, canonical_json(body))
+    store.put(row_key, json_codec.dumps(body))
 
 
 def handle_ad_request(
@@ -567,9 +557,9 @@ def handle_ad_request(
 
 
 def _with_campaign(raw: bytes | None, campaign: Campaign) -> bytes:
-    value = json.loads(raw) if raw is not None else {"at": 0}
+    value = json_codec.loads(raw) if raw is not None else {"at": 0}
     value["campaign"] = campaign.campaign_id
-    return canonical_json(value)
+    return json_codec.dumps(value)
 
 
 def _candidates(
@@ -662,7 +652,7 @@ def handle_campaign_status(store: RowStore, status: CampaignStatus, partition: i
     """admit: remember a campaign's exhausted flag in this partition's status row."""
     row = _load(store, _status_key(partition)) or {}
     row[status.campaign_id] = status.exhausted
-    store.put(_status_key(partition), canonical_json(row))
+    store.put(_status_key(partition), json_codec.dumps(row))
 
 
 def handle_frequency_settle(
@@ -845,7 +835,7 @@ def _save_budget(
     for rid in new:
         meta = extras["meta"].get(rid)
         body = {"res": reservations[rid], "meta": meta, "seq": seq, "at": at}
-        store.put(_pending_key(row_key, rid), canonical_json(body))
+        store.put(_pending_key(row_key, rid), json_codec.dumps(body))
     gone = loaded - reservations.keys()
     # A settled, released or expired reservation leaves a record, written over
     # its entry below (one changelog write where a deletion mark and a record
@@ -853,7 +843,7 @@ def _save_budget(
     for rid in gone - state_dict["records"].keys():
         key = _pending_key(row_key, rid)
         mark = {**(_load(store, key) or {}), "gone": seq, "at": at}
-        store.put(key, canonical_json(mark))
+        store.put(key, json_codec.dumps(mark))
     pending_count = extras["pending_count"] + len(new) - len(gone)
     if pending_count < 0 <= extras["pending_count"]:
         # Cannot happen if every write of the row reached the changelog in
@@ -873,7 +863,7 @@ def _save_budget(
     for event_id, spend in state_dict.pop("spend_events", {}).items():
         at = extras["wall_ms"] if extras["wall_ms"] is not None else spend.get("at", 0)
         body = {"spend": spend, "at": at, "seq": seq}
-        store.put(f"s:{row_key}{SEP}{event_id}", canonical_json(body))
+        store.put(f"s:{row_key}{SEP}{event_id}", json_codec.dumps(body))
     state_dict["spend_events"] = {}
     extra = dict(record_extra or {})
     for rid, (decision, reply_to) in extras.pop("decisions", {}).items():
@@ -892,7 +882,7 @@ def _save_budget(
     )
     store.put(
         row_key,
-        canonical_json(
+        json_codec.dumps(
             {
                 "seq": seq,
                 "state": slim,
@@ -959,7 +949,7 @@ def _resend_recorded(
     prior = _committed(_load(store, _pending_key(_campaign_key(campaign_id), rid)), seq)
     if prior is None or "decision" not in prior:
         return []
-    decision = json.loads(prior["decision"])
+    decision = json_codec.loads(prior["decision"])
     if only is not None and decision["status"] != only.value:
         return []
     return _resend(prior, decision["user_id"], reply_to or prior.get("reply_to"))
@@ -968,7 +958,7 @@ def _resend_recorded(
 def _resend(prior: dict[str, Any], user_id: str, reply_to: str | None) -> list[Output]:
     """The decision already made for a request, and its cap release if not filled, sent again."""
     body = prior["decision"]
-    decision = json.loads(body)
+    decision = json_codec.loads(body)
     rid = decision["request_id"]
     settle = []
     if decision["status"] != DecisionStatus.FILLED.value:
@@ -1056,7 +1046,7 @@ def _status(campaign_id: str, exhausted: bool, reason: str) -> list[Output]:
     """The campaign's new state, twice: to the compacted status topic (operators,
     directories) and broadcast into every ``ad-requests`` partition for admit, which
     must see it at a fixed place in its own log to stay replayable."""
-    body = canonical_json({"campaign_id": campaign_id, "exhausted": exhausted, "reason": reason})
+    body = json_codec.dumps({"campaign_id": campaign_id, "exhausted": exhausted, "reason": reason})
     status = CampaignStatus(campaign_id=campaign_id, exhausted=exhausted, reason=reason)
     return [
         Output("status", campaign_id, body),
@@ -1209,7 +1199,7 @@ def plan_expiry(
             continue
         prefix = _pending_key(row_key, "")
         for key, raw in store.scan(prefix):
-            entry = _committed(json.loads(raw), row.get("seq", 0))
+            entry = _committed(json_codec.loads(raw), row.get("seq", 0))
             if entry is None or not _is_pending(entry):
                 continue
             rid = key[len(prefix) :]

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Self, TypeVar
 
+from streams import json_codec
+
 __all__ = [
     "SCHEMA_VERSION",
     "AdPayload",
@@ -69,19 +71,19 @@ class DecisionStatus(StrEnum):
 
 def encode(record: _Record) -> bytes:
     """Serialise ``record`` to its canonical JSON bytes."""
-    return _dumps(record.to_dict())
+    return json_codec.dumps(record.to_dict())
 
 
 def decode(cls: type[R], raw: bytes | str) -> R:
     """Parse ``raw`` JSON into ``cls``; raise ``ContractError`` with the reason if invalid."""
     try:
-        # Decode explicitly: json.loads(bytes) would guess UTF-16/32 from a BOM.
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    except UnicodeDecodeError as exc:
-        raise ContractError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
+        obj = json_codec.loads(raw)
+    except json_codec.JSONDecodeError as exc:
+        if isinstance(raw, bytes):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise ContractError(f"not UTF-8: {bad.reason} at byte {bad.start}") from None
         raise ContractError(
             f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
@@ -93,10 +95,6 @@ def decode(cls: type[R], raw: bytes | str) -> R:
 R = TypeVar("R", bound="_Record")
 Item = TypeVar("Item", bound="_Record")
 E = TypeVar("E", bound=StrEnum)
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class _Record:
@@ -738,7 +736,7 @@ def admitted_batch_bytes(campaign_id: str, encoded_items: list[bytes]) -> bytes:
     return b"".join(
         (
             b'{"campaign_id":',
-            _dumps(campaign_id),
+            json_codec.dumps(campaign_id),
             b',"items":[',
             b",".join(encoded_items),
             b'],"kind":"admitted_batch","v":',
@@ -966,8 +964,8 @@ def resolutions_in(obj: object) -> list[dict[str, Any]]:
 def message_kind(raw: bytes) -> str | None:
     """The ``kind`` of an internal-topic record without a full decode (None if absent)."""
     try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        obj = json_codec.loads(raw)
+    except json_codec.JSONDecodeError:
         return None
     kind = obj.get("kind") if isinstance(obj, dict) else None
     return kind if isinstance(kind, str) else None
