@@ -1177,22 +1177,28 @@ def handle_spend(
 def plan_expiry(
     store: RowStore,
     campaign_ids: Iterable[str],
-    pending_since: dict[str, int],
+    pending_since: dict[tuple[str, str], int],
     now_wall_ms: int,
     config: PipelineConfig,
 ) -> list[Output]:
     """budget (on a tick): ExpireCommands for reservations pending longer than the TTL.
 
-    ``pending_since`` maps request id → the processing time this worker first
-    saw the reservation pending; it lives in the agent, not the table
-    (a worker that takes over a partition starts the clock afresh, which
-    only delays expiry). Reads rows, writes none; emits one command per
+    ``pending_since`` maps (campaign id, request id) → the processing time
+    this worker first saw the reservation pending; it lives in the agent, not
+    the table (a worker that takes over a partition starts the clock afresh,
+    which only delays expiry). A tick covers the campaigns of its partition
+    only, so only their entries are forgotten when no longer pending: the
+    agent handles every partition's ticks with one ``pending_since``, and
+    forgetting the other partitions' entries restarted their clocks on every
+    tick, so that with more than one partition per worker nothing ever expired
+    (found in session 13). Reads rows, writes none; emits one command per
     reservation. The command lands in the log after any Resolution that was
     already produced, so a late but real resolution still wins.
     """
     outputs: list[Output] = []
-    live: set[str] = set()
-    for cid in campaign_ids:
+    covered = list(campaign_ids)
+    live: set[tuple[str, str]] = set()
+    for cid in covered:
         row_key = _campaign_key(cid)
         row = _load(store, row_key)
         if row is None or not row.get("pending_count"):
@@ -1203,14 +1209,15 @@ def plan_expiry(
             if entry is None or not _is_pending(entry):
                 continue
             rid = key[len(prefix) :]
-            live.add(rid)
-            since = pending_since.setdefault(rid, now_wall_ms)
+            live.add((cid, rid))
+            since = pending_since.setdefault((cid, rid), now_wall_ms)
             if since >= 0 and now_wall_ms - since >= config.budget_ttl_ms:
                 command = ExpireCommand(campaign_id=cid, request_id=rid, timestamp=now_wall_ms)
                 outputs.append(Output("budget", cid, encode(command)))
-                pending_since[rid] = -1  # sent once; the log does the rest
-    for rid in [r for r in pending_since if r not in live]:
-        del pending_since[rid]
+                pending_since[(cid, rid)] = -1  # sent once; the log does the rest
+    checked = set(covered)
+    for seen in [s for s in pending_since if s[0] in checked and s not in live]:
+        del pending_since[seen]
     return outputs
 
 

@@ -237,7 +237,7 @@ def test_no_fill_releases_budget_and_cap_slot() -> None:
     assert sum(d.spend_micros for d in p.decisions) == 2_500_000
 
 
-def expire_stuck(p: Pipeline, since: dict[str, int], now_wall: int) -> None:
+def expire_stuck(p: Pipeline, since: dict[tuple[str, str], int], now_wall: int) -> None:
     """What the budget agent does on a tick: plan ExpireCommands, then apply them from the log."""
     for out in plan_expiry(p.campaigns, ["c1"], since, now_wall, CONFIG):
         p.route(handle_expire(p.campaigns, decode(ExpireCommand, out.value), CONFIG))
@@ -247,7 +247,7 @@ def test_expired_reservation_times_out_and_a_late_fill_is_not_charged() -> None:
     p = Pipeline(directory(campaign(budget={"total": "2.5", "timezone": "UTC"})))
     p.request("r1")
     pending = list(p.resolve_queue)
-    since: dict[str, int] = {}
+    since: dict[tuple[str, str], int] = {}
     expire_stuck(p, since, T0)  # first sight: the clock starts
     expire_stuck(p, since, T0 + 4_000)
     assert p.decisions == []
@@ -274,11 +274,28 @@ def test_expired_reservation_times_out_and_a_late_fill_is_not_charged() -> None:
     assert p.decisions[-1].status == DecisionStatus.FILLED
 
 
+def test_ticks_of_other_partitions_do_not_restart_the_expiry_clock() -> None:
+    """One budget agent handles the ticks of all its partitions with one clock map.
+
+    A tick of another partition covers other campaigns; it used to forget
+    every reservation it did not see, so the clock restarted on each of
+    them and nothing expired on a worker with more than one partition.
+    """
+    p = Pipeline(directory(campaign()))
+    p.request("r1")
+    since: dict[tuple[str, str], int] = {}
+    commands = []
+    for now in range(T0, T0 + 6_000, 500):
+        assert plan_expiry(p.campaigns, ["c-elsewhere"], since, now, CONFIG) == []
+        commands += plan_expiry(p.campaigns, ["c1"], since, now + 250, CONFIG)
+    assert [decode(ExpireCommand, c.value).request_id for c in commands] == ["r1"]
+
+
 def test_a_resolution_logged_before_the_expire_command_still_fills() -> None:
     """Under backlog the command is written after the resolution: the log order decides."""
     p = Pipeline(directory(campaign()))
     p.request("r1")
-    since: dict[str, int] = {}
+    since: dict[tuple[str, str], int] = {}
     plan_expiry(p.campaigns, ["c1"], since, T0, CONFIG)
     commands = plan_expiry(p.campaigns, ["c1"], since, T0 + 60_000, CONFIG)
     p.resolve_all()  # already in the log ahead of the command
@@ -293,7 +310,7 @@ def test_a_redelivered_expire_command_resends_its_timeout_decision() -> None:
     command is read again from the committed offset and must not stay silent."""
     p = Pipeline(directory(campaign()))
     p.request("r1", ts=T0)
-    since: dict[str, int] = {}
+    since: dict[tuple[str, str], int] = {}
     plan_expiry(p.campaigns, ["c1"], since, T0, CONFIG)
     [command] = plan_expiry(p.campaigns, ["c1"], since, T0 + 60_000, CONFIG)
     expire = decode(ExpireCommand, command.value)
