@@ -21,6 +21,7 @@ from typing import Any
 from faust import StreamT
 from faust.types import EventT
 
+from agents.resolve import ResolveStage
 from agents.wiring import Router, TableStore, dead_letter, prune_on_tick
 from streams.app import XspApp
 from streams.faust_router import partition_of
@@ -78,15 +79,18 @@ def _report_budgets(
     metrics.set_reservations_open(STAGE, sum(open_by_partition.values()))
 
 
-def register(app: XspApp) -> None:
-    """Attach the ``budget`` agent to ``app``."""
+def register(app: XspApp, resolver: ResolveStage | None) -> None:
+    """Attach the ``budget`` agent to ``app``; reserved requests go to ``resolver``.
+
+    ``resolver`` is None only in a replay, which sends nothing.
+    """
     store = TableStore(app.xsp_tables.budget)
-    router = Router(app, STAGE)
+    router = Router(app, STAGE, resolver.submit if resolver is not None else None)
     metrics = app.xsp_metrics
     partitions = app.xsp_settings.partitions
     # Processing time each pending reservation was first seen (not table state:
     # it is this worker's clock, and only decides when to write an ExpireCommand).
-    pending_since: dict[str, int] = {}
+    pending_since: dict[tuple[str, str], int] = {}
     open_by_partition: dict[int, int] = {}
 
     async def handle_each(

@@ -1,27 +1,32 @@
-"""resolve: follow each request's VAST chain over HTTP and record the outcome.
+"""resolve: follow each reserved request's VAST chain over HTTP and record the outcome.
 
-Source ``resolve-requests`` (key request id); each Resolution goes to
+The budget agent hands every request it reserved to this stage in the same
+worker process (``ResolveStage.submit``); each Resolution goes to
 ``budget-requests`` (key campaign), where the budget agent settles it. The
 recorded Resolutions are what a replay folds, so it never calls an ad server.
+
+There is no Kafka topic between budget and resolve. Until session 13 a
+``resolve-requests`` topic carried them (one message per request, read back
+by a consumer group of this stage's own): one Kafka hop and ~12 % of a
+decision's messages for a durability nobody could use. A request whose
+resolution dies with its worker is settled by reservation expiry (a
+``timeout`` decision after ``XSP_RESERVATION_TTL_MS``, its cap slot and
+budget released); the re-read from the topic happened only after the group
+noticed the death and rebalanced, seconds after any edge had fallen back.
+Under exactly-once a request may be resolved for a reservation whose
+transaction later aborts; its Resolution finds nothing to settle (or settles
+the redone reservation, the same request) and is ignored otherwise.
 
 This stage is stateless and the only concurrent one, and it is deliberately
 *not* a Faust agent: Faust's conductor delivers every topic of a worker
 through one loop that waits whenever the producer buffer is full or any
 agent's queue is, so a burst queued for ``admit`` held resolutions back for
 16 s in a 10,000-request test (and the budget agent then expired every
-reservation). Here the stage has its own aiokafka consumer (group
-``<app id>-resolve``) and producer inside the worker process. Up to
-``XSP_RESOLVE_CONCURRENCY`` requests are resolved at once, each sent on as
-soon as it is ready (in one ``Resolutions`` message per campaign with the
-others that finished while that campaign's previous message was in
-flight), and offsets are committed only below
-the lowest request whose Resolution is not yet delivered — at least once,
-never lost (and not Faust's ``concurrency=N``, which can lose acks,
-faust-streaming#606).
-Resolving a fetched batch together and sending it whole held every request
-for the batch's slowest chain and left newly arrived requests unread
-meanwhile: at 100 requests/s the hop took p50 38-47 ms for chains that the
-ad server answers in 2 ms.
+reservation). Here ``XSP_RESOLVE_CONCURRENCY`` workers take requests from an
+unbounded queue (submitting never blocks the budget agent) and resolve one
+each; each Resolution is sent as soon as it is ready (in one ``Resolutions``
+message per campaign with the others that finished while that campaign's
+previous message was in flight) by the stage's own producer.
 """
 
 from __future__ import annotations
@@ -30,19 +35,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord
 
 from streams.app import XspApp
-from streams.commit_watch import InFlight
-from streams.prompt_fetch import prompt_fetches
 from streams.records import (
     MAX_RESOLUTIONS_PER_MESSAGE,
-    ContractError,
-    DeadLetter,
     Resolution,
     Resolutions,
     ResolveRequest,
@@ -53,11 +52,10 @@ from streams.resolution import resolve_request
 from streams.settings import Settings
 from streams.vast import FetchConfig, VastHttpClient
 
-__all__ = ["fetch_config", "register", "resolve_group"]
+__all__ = ["ResolveStage", "fetch_config", "register"]
 
 log = logging.getLogger(__name__)
 STAGE = "resolve"
-COMMIT_EVERY_S = 0.2
 # A Resolution carries the resolved VAST (up to the fetcher's 1 MiB body cap):
 # a message stays below the broker's default message.max.bytes (1 MiB).
 RESOLUTIONS_MAX_BYTES = 512 * 1024
@@ -79,42 +77,22 @@ def fetch_config(settings: Settings) -> FetchConfig:
     )
 
 
-def resolve_group(settings: Settings) -> str:
-    """The consumer group of the resolve stage (watch its lag like the app's)."""
-    return f"{settings.app_id}-resolve"
-
-
-def register(app: XspApp) -> None:
-    """Run the resolve stage for the lifetime of ``app``'s worker."""
+def register(app: XspApp) -> ResolveStage:
+    """Run the resolve stage for the lifetime of ``app``'s worker; return it (for ``submit``)."""
+    stage = ResolveStage(app)
 
     @app.task
     async def resolve_stage() -> None:
         while True:
             try:
-                await _run(app)
+                await stage.run()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("resolve stage failed; restarting in 1 s")
                 await asyncio.sleep(1.0)
 
-
-class _Revocations(ConsumerRebalanceListener):
-    """Before partitions move away: finish their resolutions and commit them.
-
-    aiokafka awaits this before it rejoins the group, so the next owner starts
-    after the last delivered Resolution, not before it (re-doing a few
-    requests is safe but re-calls their ad servers).
-    """
-
-    def __init__(self, stage: _ResolveStage) -> None:
-        self.stage = stage
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.stage.finish(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        return None
+    return stage
 
 
 class _Outbox:
@@ -222,153 +200,88 @@ def _chunks(
     return chunks
 
 
-class _ResolveStage:
-    """One consumer, one producer, up to ``concurrency`` resolutions at a time.
+class ResolveStage:
+    """A queue of reserved requests and ``XSP_RESOLVE_CONCURRENCY`` workers resolving them.
 
-    Each fetched request is resolved in its own task and its Resolution sent
-    as soon as it is ready (a slow ad server delays only its own requests);
-    offsets are committed every ``COMMIT_EVERY_S`` up to the lowest request
-    whose Resolution is not yet delivered (``InFlight``): at least once.
+    ``submit`` never blocks and never fails: a request waits in the queue
+    until a worker is free (requests submitted before the stage runs, or
+    while it restarts, wait too). Guarantee: every submitted request is
+    resolved and its Resolution delivered to ``budget-requests``, unless the
+    process dies or the delivery fails (logged); then its reservation expires.
     """
 
-    def __init__(self, app: XspApp, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+    def __init__(self, app: XspApp) -> None:
         self.settings = app.xsp_settings
         self.names = app.xsp_topics.names
         self.metrics = app.xsp_metrics
-        self.consumer = consumer
-        self.producer = producer
-        self.client = VastHttpClient(fetch_config(self.settings))
-        self.outbox = _Outbox(producer, self.names.budget_requests)
-        self.in_flight = InFlight()
-        self.tasks: dict[asyncio.Task[None], TopicPartition] = {}
-        self.failure: BaseException | None = None
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.busy = 0
+
+    def submit(self, encoded_request: bytes) -> None:
+        """Queue one ``ResolveRequest`` (its canonical bytes, as the budget agent made it)."""
+        self.queue.put_nowait(encoded_request)
+        self._report()
+
+    def _report(self) -> None:
+        self.metrics.set_resolve_queue(self.queue.qsize(), self.busy)
 
     async def run(self) -> None:
-        concurrency = self.settings.resolve_concurrency
-        committer = asyncio.create_task(self._commit_periodically())
-        try:
-            while True:
-                if self.failure is not None:
-                    raise self.failure
-                free = concurrency - len(self.tasks)
-                if free <= 0:
-                    await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=free)
-                # No await from here on: every fetched record has its task
-                # before a revocation can look for them.
-                for tp, records in batch.items():
-                    self.metrics.event_in(STAGE, self.names.resolve_requests, len(records))
-                    for record in records:
-                        self.in_flight.start(tp, record.offset)
-                        task = asyncio.create_task(self._one(tp, record))
-                        self.tasks[task] = tp
-                        task.add_done_callback(self._finished)
-        finally:
-            committer.cancel()
-            for task in list(self.tasks):
-                task.cancel()
-            self.outbox.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.commit()
-            await self.client.aclose()
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.tasks.pop(task, None)
-        if not task.cancelled() and task.exception() is not None and self.failure is None:
-            # Its offset stays uncommitted; the stage restarts and re-reads it.
-            self.failure = task.exception()
-
-    async def _one(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
-        names = self.names
-        try:
-            request = decode(ResolveRequest, record.value or b"")
-        except ContractError as exc:
-            letter = DeadLetter.of(record, stage=STAGE, reason=str(exc), dead_at=record.timestamp)
-            await (await self.producer.send(names.dlq, key=record.key, value=encode(letter)))
-            self.metrics.dead_letter(STAGE)
-            self.in_flight.done(tp, record.offset)
-            return
-        resolution = await resolve_request(
-            request, self.client, timeout_s=self.settings.vast_timeout_s
+        """Resolve what is submitted until cancelled (its own producer and HTTP client)."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            acks="all",
+            # The outbox batches per campaign while a message is in flight; the
+            # linger only joins different campaigns' messages into one request.
+            linger_ms=self.settings.producer_linger_ms,
         )
-        await self.outbox.add(resolution)
-        self.in_flight.done(tp, record.offset)
-        self.metrics.event_out(STAGE, names.budget_requests)
+        client = VastHttpClient(fetch_config(self.settings))
+        outbox = _Outbox(producer, self.names.budget_requests)
+        await producer.start()
+        workers = [
+            asyncio.create_task(self._work(client, outbox))
+            for _ in range(self.settings.resolve_concurrency)
+        ]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            outbox.close()
+            await client.aclose()
+            with contextlib.suppress(KafkaError, asyncio.CancelledError):
+                await producer.stop()
+
+    async def _work(self, client: VastHttpClient, outbox: _Outbox) -> None:
+        while True:
+            encoded = await self.queue.get()
+            self.busy += 1
+            self._report()
+            try:
+                await self._one(encoded, client, outbox)
+            except Exception:
+                # A bug, not an ad server's failure (those become error Resolutions).
+                log.exception("resolve failed; the request's reservation will expire")
+            finally:
+                self.busy -= 1
+                self._report()
+
+    async def _one(self, encoded: bytes, client: VastHttpClient, outbox: _Outbox) -> None:
+        # Our own encoding: a failure here is a bug, and the reservation expires.
+        request = decode(ResolveRequest, encoded)
+        resolution = await resolve_request(request, client, timeout_s=self.settings.vast_timeout_s)
+        try:
+            await outbox.add(resolution)
+        except KafkaError as exc:  # the outbox's producer gave up
+            log.warning(
+                "Resolution of %s not delivered (%r); its reservation will expire",
+                request.request.request_id,
+                exc,
+            )
+            return
+        self.metrics.event_out(STAGE, self.names.budget_requests)
         if resolution.vast_error_code is not None:
             self.metrics.vast_error(resolution.vast_error_code)
         for hop, ms in resolution.timings_ms.items():
             if hop != "total":
                 self.metrics.observe_hop(hop, ms / 1000)
-
-    async def commit(self) -> None:
-        """Commit what is delivered in the partitions this consumer still owns.
-
-        A failure (a rebalance under way) is logged and left: the revocation
-        commits, or the next owner re-resolves the few requests since the last
-        commit.
-        """
-        owned = self.consumer.assignment()
-        offsets = {tp: o for tp, o in self.in_flight.committable().items() if tp in owned}
-        if not offsets:
-            return
-        try:
-            await self.consumer.commit(offsets)  # type: ignore[arg-type]
-        except KafkaError as exc:
-            log.info("resolve commit skipped: %r", exc)
-            return
-        self.in_flight.committed(offsets)  # type: ignore[arg-type]
-
-    async def _commit_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(COMMIT_EVERY_S)
-            await self.commit()
-
-    async def finish(self, revoked: set[TopicPartition]) -> None:
-        """Wait for the revoked partitions' resolutions, commit them, forget them."""
-        waiting = [task for task, tp in self.tasks.items() if tp in revoked]
-        if waiting:
-            await asyncio.wait(waiting, timeout=self.settings.vast_timeout_s + 5.0)
-        await self.commit()
-        self.in_flight.forget(revoked)
-
-
-async def _run(app: XspApp) -> None:
-    settings = app.xsp_settings
-    names = app.xsp_topics.names
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=resolve_group(settings),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
-        session_timeout_ms=int(settings.session_timeout_s * 1000),
-        heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
-        rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
-        # Under exactly-once, a ResolveRequest from an aborted budget transaction
-        # must not be resolved: its reservation never existed.
-        isolation_level=(
-            "read_committed"
-            if settings.processing_guarantee == "exactly_once"
-            else "read_uncommitted"
-        ),
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        acks="all",
-        # The outbox batches per campaign while a message is in flight; the
-        # linger only joins different campaigns' messages into one request.
-        linger_ms=settings.producer_linger_ms,
-    )
-    stage = _ResolveStage(app, consumer, producer)
-    consumer.subscribe([names.resolve_requests], listener=_Revocations(stage))
-    await producer.start()
-    await consumer.start()
-    prompt_fetches(consumer)
-    try:
-        await stage.run()
-    finally:
-        with contextlib.suppress(KafkaError, asyncio.CancelledError):
-            await consumer.stop()
-        with contextlib.suppress(KafkaError, asyncio.CancelledError):
-            await producer.stop()

@@ -147,19 +147,23 @@ def _request_id(raw: bytes | None) -> str | None:
 class Router:
     """Sends pipeline ``Output``s to their topics (decisions to the request's reply topic).
 
-    Counts what it sends in the worker's metrics (events out, decisions by
-    status, request-to-decision latency).
+    ``resolve`` outputs go to ``submit_resolve`` (the worker's resolve stage,
+    no Kafka topic in between: agents/resolve.py says why). Counts what it
+    sends in the worker's metrics (events out, decisions by status,
+    request-to-decision latency).
     """
 
-    def __init__(self, app: XspApp, agent: str) -> None:
+    def __init__(
+        self, app: XspApp, agent: str, submit_resolve: Callable[[bytes], None] | None = None
+    ) -> None:
         topics = app.xsp_topics
         self.app = app
         self.agent = agent
         self.metrics = app.xsp_metrics
         self.replay_mode = app.xsp_settings.replay_mode
+        self.submit_resolve = submit_resolve
         self.routes: dict[str, TopicT] = {
             "budget": topics.budget_requests,
-            "resolve": topics.resolve_requests,
             # Cap settles go back into the user's own input topic: one source
             # topic per table keeps replays in the live order (see agents/admit.py).
             "frequency": topics.ad_requests,
@@ -198,6 +202,11 @@ class Router:
         for output in outputs:
             if output.route == "broadcast":
                 await self._broadcast(output)
+                continue
+            if output.route == "resolve":
+                if self.submit_resolve is None:
+                    raise RuntimeError(f"{self.agent} has no resolve stage to submit to")
+                self.submit_resolve(output.value)
                 continue
             topic = self._topic(output)
             await topic.send(key=output.key.encode(), value=output.value)

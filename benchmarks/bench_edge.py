@@ -25,7 +25,7 @@ bounded time (10 s each, ``--quick`` 3 s), it measures per request:
 
 After the run it reads the topology's topics back and prints, per rate, each
 pipeline hop's p50/p99 from the producer timestamps of the messages a filled
-request leaves (request -> admitted -> resolve -> resolution -> decision, the
+request leaves (request -> admitted -> resolution -> decision, the
 last one from the edge's reply topic): where the pipeline's time goes.
 
 Overhead = a design's percentile minus the ad server's same percentile at
@@ -530,7 +530,6 @@ def run(duration_s: float) -> dict[str, Any]:
 _STEPS = (
     ("ad-requests", "request"),
     ("budget-requests", "admitted"),
-    ("resolve-requests", "resolve"),
     ("budget-requests", "resolution"),
     ("reply", "decision"),
 )
@@ -548,7 +547,7 @@ async def hop_breakdown(
 
     A hop is the time between the message that enters a stage and the one it
     produces (producer timestamps, ms resolution): it holds the stage's queueing
-    and work plus one Kafka hop; ``resolve -> resolution`` includes the HTTP chain.
+    and work plus one Kafka hop; ``admitted -> resolution`` includes the HTTP chain.
     """
     seen: dict[str, dict[str, int]] = {}
     for message in await read_topic(bootstrap, reply_topic, timeout_s=30):
@@ -559,7 +558,7 @@ async def hop_breakdown(
         rid = obj.get("request_id")
         if obj.get("status") == "filled" and _measured(rid):
             seen.setdefault(rid, {}).setdefault("decision", message.timestamp)
-    for topic in (names.ad_requests, names.budget_requests, names.resolve_requests):
+    for topic in (names.ad_requests, names.budget_requests):
         for message in await read_topic(bootstrap, topic, timeout_s=30):
             try:
                 obj = json.loads(message.value or b"")

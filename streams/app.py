@@ -40,7 +40,6 @@ class XspTopics:
     names: TopicNames
     ad_requests: TopicT
     budget_requests: TopicT
-    resolve_requests: TopicT
     ad_responses: TopicT
     spend: TopicT
     campaigns: TopicT
@@ -182,15 +181,16 @@ def _register_agents(app: XspApp) -> None:
         gc.freeze()
         log.info("froze %d start-up objects out of garbage collection", gc.get_freeze_count())
 
+    replay = app.xsp_settings.replay_mode
+    # A replay rebuilds tables only: no HTTP, no clock of our own, nothing sent.
+    resolver = None if replay else resolve.register(app)
     admit.register(app)
-    budget.register(app)
+    budget.register(app, resolver)
     commit_guard.register(app)
-    if app.xsp_settings.replay_mode:
-        # Rebuild tables only: no HTTP, no clock of our own, nothing sent.
+    if replay:
         return
     observability.register(app)
     queries.register(app)
-    resolve.register(app)
     spend.register(app)
     campaigns.register(app)
     ticks.register(app)
@@ -243,7 +243,6 @@ def _declare_topics(app: faust.App, names: TopicNames) -> XspTopics:
         names=names,
         ad_requests=declare(names.ad_requests),
         budget_requests=declare(names.budget_requests),
-        resolve_requests=declare(names.resolve_requests),
         ad_responses=declare(names.ad_responses),
         spend=declare(names.spend),
         campaigns=declare(names.campaigns),

@@ -31,9 +31,6 @@ SIGKILLs): up to 491 requests never decided, committed offsets stuck
 
 Re-reading is safe because every handler is idempotent by request id. No
 Faust import here.
-
-``InFlight`` is the same rule for a consumer of our own (the resolve stage)
-that processes fetched messages concurrently and finishes them out of order.
 """
 
 from __future__ import annotations
@@ -41,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["CommitWatch", "InFlight", "PartitionProgress", "commit_offset"]
+__all__ = ["CommitWatch", "PartitionProgress", "commit_offset"]
 
 
 def commit_offset(committed: int | None, acked: Sequence[int]) -> tuple[int | None, int]:
@@ -124,58 +121,3 @@ class CommitWatch:
         for gone in [k for k in self._since if k not in seen]:
             del self._since[gone]
         return stuck
-
-
-@dataclass
-class InFlight:
-    """Fetched messages still being processed, per partition, and what may be committed.
-
-    For a consumer that calls :meth:`start` for every record it fetches, in
-    fetch order, and :meth:`done` once that record's outputs are delivered, in
-    any order. Guarantees: :meth:`committable` never returns an offset above a
-    started but unfinished message, so a crash re-reads every unfinished one
-    (gaps in the log, such as transaction markers, never hold it back: only
-    fetched offsets count).
-    """
-
-    # Per partition, unfinished offsets in start order (the first is the lowest).
-    _pending: dict[Hashable, dict[int, None]] = field(default_factory=dict)
-    _next: dict[Hashable, int] = field(default_factory=dict)  # one past the last started
-    _committed: dict[Hashable, int] = field(default_factory=dict)
-
-    def start(self, partition: Hashable, offset: int) -> None:
-        """A fetched message is handed to processing."""
-        self._pending.setdefault(partition, {})[offset] = None
-        self._next[partition] = max(self._next.get(partition, 0), offset + 1)
-
-    def done(self, partition: Hashable, offset: int) -> None:
-        """A message's outputs are delivered (a forgotten partition is ignored)."""
-        pending = self._pending.get(partition)
-        if pending is not None:
-            pending.pop(offset, None)
-
-    def unfinished(self, partition: Hashable) -> int:
-        """How many started messages of ``partition`` are not done."""
-        return len(self._pending.get(partition, ()))
-
-    def committable(self) -> dict[Hashable, int]:
-        """Per partition, the offset to commit now, if it moved since :meth:`committed`."""
-        offsets = {}
-        for partition, nxt in self._next.items():
-            pending = self._pending.get(partition)
-            offset = next(iter(pending)) if pending else nxt
-            if offset > self._committed.get(partition, -1):
-                offsets[partition] = offset
-        return offsets
-
-    def committed(self, offsets: dict[Hashable, int]) -> None:
-        """Record that ``offsets`` (from :meth:`committable`) were committed."""
-        for partition, offset in offsets.items():
-            self._committed[partition] = max(self._committed.get(partition, -1), offset)
-
-    def forget(self, partitions: Iterable[Hashable]) -> None:
-        """Drop partitions this consumer no longer owns (after a revocation)."""
-        for partition in partitions:
-            self._pending.pop(partition, None)
-            self._next.pop(partition, None)
-            self._committed.pop(partition, None)

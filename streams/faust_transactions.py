@@ -9,7 +9,7 @@ budget -> ad-requests by user) to a partition owned by another worker then
 failed with ``ProducerSendError: No transaction producer found`` and crashed
 the agent: with two workers the chaos test got 29 decisions out of 20,000;
 with one worker, all 20,000. And sends to topics outside Faust's groups
-(reply topics, resolve-requests, the DLQ) went out of any transaction.
+(reply topics, the DLQ) went out of any transaction.
 ``SourceTransactions`` uses the Kafka Streams rule instead: everything sent
 while processing an event goes into the transaction of the event's *source*
 partition, the one that also commits that event's offset, so outputs and

@@ -351,7 +351,7 @@ def _track_position_moves() -> None:
     position to the fetch's next offset, past any transaction markers,
     aborted records and compacted-away offsets it skipped. The move and the
     records returned together say exactly which offsets hold no record.
-    Other consumers in the process (the resolve stage's) run outside such a
+    Other consumers in the process (the campaign directory's) run outside such a
     fetch and are not tracked. Reads aiokafka's ``FetchResult`` internals,
     pinned with the rest.
     """

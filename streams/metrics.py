@@ -122,6 +122,15 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.resolve_queue = Gauge(
+            "xsp_resolve_queue",
+            "Reserved requests in this worker's resolve stage: waiting for a free "
+            "resolver, or resolving (HTTP chain and delivery of the Resolution).",
+            ["state"],
+            registry=r,
+        )
+        self._resolve_waiting = self.resolve_queue.labels(state="waiting")
+        self._resolve_resolving = self.resolve_queue.labels(state="resolving")
         self.table_keys = Gauge(
             "xsp_table_keys",
             "Keys in a table on this worker's assigned partitions, by table.",
@@ -244,6 +253,12 @@ class Metrics:
     def reservations_expired_inc(self, table: str, count: int = 1) -> None:
         """Count ``count`` reservations of ``table`` released on expiry."""
         self.reservations_expired.labels(table=table).inc(count)
+
+    def set_resolve_queue(self, waiting: int, resolving: int) -> None:
+        """Set how many requests the resolve stage holds, waiting and resolving."""
+        # Set per request: the children are looked up once (labels() costs microseconds).
+        self._resolve_waiting.set(waiting)
+        self._resolve_resolving.set(resolving)
 
     def set_table_keys(self, table: str, count: int) -> None:
         """Set the number of keys of ``table`` held by this worker."""

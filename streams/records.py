@@ -748,7 +748,7 @@ def admitted_batch_bytes(campaign_id: str, encoded_items: list[bytes]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ResolveRequest(_Record):
-    """budget → resolve (topic ``resolve-requests``, key ``request_id``).
+    """budget → resolve, in the worker process (``agents/resolve.py``: no topic in between).
 
     The budget is reserved; ``vast_url`` is the campaign's tag template
     (macros still unfilled) and ``max_hops`` the wrapper limit for the chain.

@@ -18,7 +18,6 @@ class TopicNames:
 
     ad_requests: str
     budget_requests: str
-    resolve_requests: str
     ad_responses: str
     spend: str
     campaigns: str
@@ -31,7 +30,6 @@ class TopicNames:
         return cls(
             ad_requests=f"{prefix}ad-requests",
             budget_requests=f"{prefix}budget-requests",
-            resolve_requests=f"{prefix}resolve-requests",
             ad_responses=f"{prefix}ad-responses",
             spend=f"{prefix}spend",
             campaigns=f"{prefix}campaigns",
@@ -44,7 +42,6 @@ class TopicNames:
         return [
             self.ad_requests,
             self.budget_requests,
-            self.resolve_requests,
             self.ad_responses,
             self.spend,
             self.campaigns,

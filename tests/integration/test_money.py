@@ -119,16 +119,15 @@ async def _whereabouts(stack: Stack, missing: set[str]) -> str:
         "ad_request": 0,
         "admitted": 1,
         "admitted_batch": 1,
-        "resolve": 2,
-        "resolution": 3,
-        "resolutions": 3,
-        "expire": 3,
+        "resolution": 2,
+        "resolutions": 2,
+        "expire": 2,
     }
     last_seen: dict[str, tuple[int, str]] = {}
     # Where each missing request sits in ad-requests: told against the group's
     # commit, it says whether admit lost it (committed past it) or stalls on it.
     placed: dict[str, tuple[int, int]] = {}
-    for topic in (names.ad_requests, names.budget_requests, names.resolve_requests, names.dlq):
+    for topic in (names.ad_requests, names.budget_requests, names.dlq):
         for message in await read_topic(bootstrap, topic, timeout_s=20):
             try:
                 obj = json.loads(message.value or b"")

@@ -12,7 +12,14 @@ import json
 import time
 
 from streams.kafka_io import read_topic
-from streams.records import AdRequest, DecisionStatus, Resolution, resolutions_in
+from streams.records import (
+    AdRequest,
+    DecisionStatus,
+    Resolution,
+    request_id_in,
+    resolutions_in,
+    unbatched,
+)
 from tests.conftest import Stack
 from tests.integration.test_money import _whereabouts, await_decisions, campaign, send_requests
 
@@ -160,3 +167,77 @@ def test_a_slow_ad_server_delays_only_its_own_requests(xsp_stack: Stack) -> None
     first_slow = min(recorded_at[f"slow-{i}"] for i in range(3))
     last_fast = max(recorded_at[f"fast-{i}"] for i in range(3))
     assert last_fast < first_slow, (recorded_at, "fast chains waited for the slow ones")
+
+
+def test_a_resolution_that_dies_with_its_worker_ends_by_expiry(xsp_stack: Stack) -> None:
+    """The resolve stage keeps its queue in memory: a SIGKILL loses what it was resolving.
+
+    Money and caps must not notice: the next owner finds the reservations
+    pending, expires them, and each request gets a ``timeout`` decision with
+    nothing spent and nothing left reserved (agents/resolve.py says why this
+    trade is right). The chains are still in flight (2 s each) when the worker
+    dies, and its offsets are committed by then (every 200 ms), so the new
+    worker does not redo the Admitted messages.
+    """
+    slow = campaign(xsp_stack, "slow", vast_url=f"{xsp_stack.ad_server}/inline?delay_ms=2000")
+    xsp_stack.put_campaigns([slow, campaign(xsp_stack, "fast")])
+    worker = xsp_stack.start_worker(commit_interval_ms=200)
+    now = int(time.time() * 1000)
+    warm = AdRequest(
+        request_id="warm", user_id="user-warm", timestamp=now, params={"campaign_id": "fast"}
+    )
+    send_requests(xsp_stack, [warm])
+    await_decisions(xsp_stack, {"warm"}, timeout_s=90)
+
+    lost = [
+        AdRequest(
+            request_id=f"lost-{i}",
+            user_id=f"user-lost-{i}",
+            timestamp=now,
+            params={"campaign_id": "slow"},
+        )
+        for i in range(3)
+    ]
+    send_requests(xsp_stack, lost)
+    ids = {r.request_id for r in lost}
+    deadline = time.monotonic() + 30
+    while not ids <= _admitted_ids(xsp_stack):
+        assert time.monotonic() < deadline, "the budget agent never saw the requests"
+        time.sleep(0.1)
+    time.sleep(1.0)  # reserved, resolving (2 s chains), offsets committed
+    worker.kill()
+    xsp_stack.restart(worker)
+
+    decisions = await_decisions(xsp_stack, ids, timeout_s=90)
+    for rid in ids:
+        assert [d.status for d in decisions[rid]] == [DecisionStatus.TIMEOUT], decisions[rid]
+        assert decisions[rid][0].spend_micros == 0
+    recorded = {
+        item["request_id"]
+        for m in asyncio.run(
+            read_topic(xsp_stack.settings.bootstrap_servers, xsp_stack.names.budget_requests)
+        )
+        if m.value
+        for item in resolutions_in(json.loads(m.value))
+    }
+    assert not ids & recorded, "a lost chain was resolved after all: the test proves nothing"
+    budget = _get_json(f"{xsp_stack.worker_url(xsp_stack.workers[0])}/xsp/v1/budget/slow")
+    assert budget["spent_micros"] == 0 and budget["reserved_micros"] == 0, budget
+
+
+def _admitted_ids(stack: Stack) -> set[str]:
+    log = asyncio.run(read_topic(stack.settings.bootstrap_servers, stack.names.budget_requests))
+    return {
+        request_id_in(item)
+        for m in log
+        if m.value
+        for kind, item in unbatched(json.loads(m.value))
+        if kind == "admitted"
+    }
+
+
+def _get_json(url: str) -> dict[str, object]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())

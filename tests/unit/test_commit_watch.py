@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.commit_watch import CommitWatch, InFlight, PartitionProgress, commit_offset
+from streams.commit_watch import CommitWatch, PartitionProgress, commit_offset
 
 
 @pytest.mark.parametrize(
@@ -76,38 +76,3 @@ def test_a_never_committed_partition_is_left_alone() -> None:
     watch = CommitWatch(stuck_after_s=1)
     assert watch.check([progress(None, 7)], now_s=0) == []
     assert watch.check([progress(None, 7)], now_s=5) == []
-
-
-def test_in_flight_commits_below_the_lowest_unfinished_message() -> None:
-    flight = InFlight()
-    for offset in (5, 6, 7, 9):  # 8 is a transaction marker: never fetched
-        flight.start("p0", offset)
-    flight.done("p0", 6)
-    flight.done("p0", 9)
-    assert flight.committable() == {"p0": 5}  # 5 is unfinished: nothing past it
-    flight.done("p0", 5)
-    assert flight.committable() == {"p0": 7}
-    flight.done("p0", 7)
-    assert flight.committable() == {"p0": 10}  # the gap at 8 does not hold it back
-    assert flight.unfinished("p0") == 0
-
-
-def test_in_flight_reports_only_offsets_that_moved() -> None:
-    flight = InFlight()
-    flight.start("p0", 0)
-    flight.start("p1", 3)
-    flight.done("p0", 0)
-    assert flight.committable() == {"p0": 1, "p1": 3}
-    flight.committed({"p0": 1, "p1": 3})
-    assert flight.committable() == {}
-    flight.done("p1", 3)
-    assert flight.committable() == {"p1": 4}
-
-
-def test_in_flight_forgets_revoked_partitions() -> None:
-    flight = InFlight()
-    flight.start("p0", 10)
-    flight.forget(["p0"])
-    flight.done("p0", 10)  # a late completion of a revoked partition is ignored
-    assert flight.committable() == {}
-    assert flight.unfinished("p0") == 0

@@ -22,6 +22,7 @@ EXPECTED_FAMILIES = {
     "xsp_decision_latency_seconds": ("histogram", set()),
     "xsp_reservations_open": ("gauge", {"table"}),
     "xsp_reservations_expired": ("counter", {"table"}),
+    "xsp_resolve_queue": ("gauge", {"state"}),
     "xsp_table_keys": ("gauge", {"table"}),
     "xsp_consumer_lag": ("gauge", {"group", "topic", "partition"}),
     "xsp_consumer_committed_offset": ("gauge", {"group", "topic", "partition"}),
@@ -104,11 +105,14 @@ def test_counters_increase_and_exposition_parses() -> None:
     metrics.reservations_expired_inc("budget", 2)
     metrics.set_reservations_open("frequency", 7)
     metrics.set_table_keys("frequency", 42)
+    metrics.set_resolve_queue(waiting=3, resolving=2)
     metrics.ack_refused("revoking")
     metrics.ack_refused("revoking")
     metrics.ack_refused("old_generation")
 
     assert sample(metrics, "xsp_events_in_total", agent="admit", topic="xsp.ad-requests") == 5
+    assert sample(metrics, "xsp_resolve_queue", state="waiting") == 3
+    assert sample(metrics, "xsp_resolve_queue", state="resolving") == 2
     assert sample(metrics, "xsp_events_out_total", agent="admit", topic="xsp.budget-requests") == 3
     assert sample(metrics, "xsp_decisions_total", status="filled") == 2
     assert sample(metrics, "xsp_decisions_total", status="no_fill") == 1
