@@ -207,7 +207,8 @@ class ResolveStage:
     until a worker is free (requests submitted before the stage runs, or
     while it restarts, wait too). Guarantee: every submitted request is
     resolved and its Resolution delivered to ``budget-requests``, unless the
-    process dies or the delivery fails (logged); then its reservation expires.
+    process dies, a stop does not let it finish within the resolve deadline,
+    or the delivery fails (logged); then its reservation expires.
     """
 
     def __init__(self, app: XspApp) -> None:
@@ -242,8 +243,10 @@ class ResolveStage:
             for _ in range(self.settings.resolve_concurrency)
         ]
         try:
-            await asyncio.gather(*workers)
+            # Not gather: cancelling a gather cancels the resolvers at once.
+            await asyncio.wait(workers)
         finally:
+            await self._drain()
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -251,6 +254,16 @@ class ResolveStage:
             await client.aclose()
             with contextlib.suppress(KafkaError, asyncio.CancelledError):
                 await producer.stop()
+
+    async def _drain(self) -> None:
+        """On a stop, let queued and resolving requests finish (within the resolve deadline).
+
+        They are then decided by their Resolutions rather than by expiry 5 s
+        after the next owner takes over. A SIGKILL skips this, of course.
+        """
+        deadline = self.settings.vast_timeout_s + 1.0
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(self.queue.join(), timeout=deadline)
 
     async def _work(self, client: VastHttpClient, outbox: _Outbox) -> None:
         while True:
@@ -264,6 +277,7 @@ class ResolveStage:
                 log.exception("resolve failed; the request's reservation will expire")
             finally:
                 self.busy -= 1
+                self.queue.task_done()
                 self._report()
 
     async def _one(self, encoded: bytes, client: VastHttpClient, outbox: _Outbox) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 from streams.kafka_io import read_topic
 from streams.records import (
@@ -175,36 +176,9 @@ def test_a_resolution_that_dies_with_its_worker_ends_by_expiry(xsp_stack: Stack)
     Money and caps must not notice: the next owner finds the reservations
     pending, expires them, and each request gets a ``timeout`` decision with
     nothing spent and nothing left reserved (agents/resolve.py says why this
-    trade is right). The chains are still in flight (2 s each) when the worker
-    dies, and its offsets are committed by then (every 200 ms), so the new
-    worker does not redo the Admitted messages.
+    trade is right).
     """
-    slow = campaign(xsp_stack, "slow", vast_url=f"{xsp_stack.ad_server}/inline?delay_ms=2000")
-    xsp_stack.put_campaigns([slow, campaign(xsp_stack, "fast")])
-    worker = xsp_stack.start_worker(commit_interval_ms=200)
-    now = int(time.time() * 1000)
-    warm = AdRequest(
-        request_id="warm", user_id="user-warm", timestamp=now, params={"campaign_id": "fast"}
-    )
-    send_requests(xsp_stack, [warm])
-    await_decisions(xsp_stack, {"warm"}, timeout_s=90)
-
-    lost = [
-        AdRequest(
-            request_id=f"lost-{i}",
-            user_id=f"user-lost-{i}",
-            timestamp=now,
-            params={"campaign_id": "slow"},
-        )
-        for i in range(3)
-    ]
-    send_requests(xsp_stack, lost)
-    ids = {r.request_id for r in lost}
-    deadline = time.monotonic() + 30
-    while not ids <= _admitted_ids(xsp_stack):
-        assert time.monotonic() < deadline, "the budget agent never saw the requests"
-        time.sleep(0.1)
-    time.sleep(1.0)  # reserved, resolving (2 s chains), offsets committed
+    worker, ids = _slow_chains_in_flight(xsp_stack)
     worker.kill()
     xsp_stack.restart(worker)
 
@@ -212,17 +186,66 @@ def test_a_resolution_that_dies_with_its_worker_ends_by_expiry(xsp_stack: Stack)
     for rid in ids:
         assert [d.status for d in decisions[rid]] == [DecisionStatus.TIMEOUT], decisions[rid]
         assert decisions[rid][0].spend_micros == 0
-    recorded = {
-        item["request_id"]
-        for m in asyncio.run(
-            read_topic(xsp_stack.settings.bootstrap_servers, xsp_stack.names.budget_requests)
-        )
-        if m.value
-        for item in resolutions_in(json.loads(m.value))
-    }
-    assert not ids & recorded, "a lost chain was resolved after all: the test proves nothing"
+    assert not ids & _resolved_ids(xsp_stack), "a lost chain was resolved: the test proves nothing"
     budget = _get_json(f"{xsp_stack.worker_url(xsp_stack.workers[0])}/xsp/v1/budget/slow")
     assert budget["spent_micros"] == 0 and budget["reserved_micros"] == 0, budget
+
+
+def test_a_stopped_worker_finishes_the_chains_it_was_resolving(xsp_stack: Stack) -> None:
+    """A stop (SIGTERM) waits for the resolve stage: its requests are filled, not expired."""
+    worker, ids = _slow_chains_in_flight(xsp_stack)
+    worker.stop()
+    xsp_stack.restart(worker)
+
+    decisions = await_decisions(xsp_stack, ids, timeout_s=90)
+    for rid in ids:
+        assert [d.status for d in decisions[rid]] == [DecisionStatus.FILLED], decisions[rid]
+    assert ids <= _resolved_ids(xsp_stack)
+    budget = _get_json(f"{xsp_stack.worker_url(xsp_stack.workers[0])}/xsp/v1/budget/slow")
+    assert budget["spent_micros"] == 3 * 2_500_000 and budget["reserved_micros"] == 0, budget
+
+
+def _slow_chains_in_flight(stack: Stack) -> tuple[Any, set[str]]:
+    """A worker resolving three 1.2-second chains, its offsets committed past their Admitted.
+
+    Offsets are committed every 200 ms, so the worker that comes next does
+    not redo the Admitted messages: what happens to the chains is up to the
+    resolve stage of the worker that holds them.
+    """
+    # Below the fetcher's 1.5 s per-hop timeout: the chains end in a fill.
+    slow = campaign(stack, "slow", vast_url=f"{stack.ad_server}/inline?delay_ms=1200")
+    stack.put_campaigns([slow, campaign(stack, "fast")])
+    worker = stack.start_worker(commit_interval_ms=200)
+    now = int(time.time() * 1000)
+    warm = AdRequest(
+        request_id="warm", user_id="user-warm", timestamp=now, params={"campaign_id": "fast"}
+    )
+    send_requests(stack, [warm])
+    await_decisions(stack, {"warm"}, timeout_s=90)
+    requests = [
+        AdRequest(
+            request_id=f"slow-{i}",
+            user_id=f"user-slow-{i}",
+            timestamp=now,
+            params={"campaign_id": "slow"},
+        )
+        for i in range(3)
+    ]
+    send_requests(stack, requests)
+    ids = {r.request_id for r in requests}
+    deadline = time.monotonic() + 30
+    while not ids <= _admitted_ids(stack):
+        assert time.monotonic() < deadline, "the budget agent never saw the requests"
+        time.sleep(0.1)
+    time.sleep(0.6)  # reserved, resolving (1.2 s chains), offsets committed (200 ms)
+    return worker, ids
+
+
+def _resolved_ids(stack: Stack) -> set[str]:
+    log = asyncio.run(read_topic(stack.settings.bootstrap_servers, stack.names.budget_requests))
+    return {
+        item["request_id"] for m in log if m.value for item in resolutions_in(json.loads(m.value))
+    }
 
 
 def _admitted_ids(stack: Stack) -> set[str]:
