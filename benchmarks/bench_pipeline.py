@@ -674,6 +674,11 @@ async def bench_peak_and_latency(
         paced = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
         await paced.start()
         sent_at: dict[str, float] = {}
+        assert worker.process is not None
+        wpid = worker.process.pid
+        # Paced traffic batches little: its cost per decision is not the burst's.
+        offsets_before = await _end_offsets(bootstrap, match)
+        cpu0 = _cpu({"worker": wpid, **pids})
         try:
             total = int(rate * plan.latency_s)
             started = time.monotonic()
@@ -693,8 +698,16 @@ async def bench_peak_and_latency(
             await paced.stop()
         lat_ids = list(sent_at)
         lat_complete = await watcher.wait(lat_ids, 60, worker)
+        cpu1 = _cpu({"worker": wpid, **pids})
+        await asyncio.sleep(1.5)  # the last settles and changelog writes
+        offsets_after = await _end_offsets(bootstrap, match)
         latencies = [watcher.seen[r][0] - sent_at[r] for r in lat_ids if r in watcher.seen]
         lat = _lat_summary(latencies)
+        got = len(latencies)
+        cpu = {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1}
+        lat["cpu_ms_per_decision_by_process"] = {k: v / got * 1000 for k, v in cpu.items() if got}
+        moved = sum(offsets_after.get(t, 0) - offsets_before.get(t, 0) for t in offsets_after)
+        lat["messages_per_decision"] = moved / got if got else None
         lat.update(
             rate=rate,
             rate_given=latency_rate is not None,
@@ -1276,6 +1289,13 @@ def render(r: dict[str, Any]) -> str:
         f"p99 {_fmt(lat.get('p99_ms'))} ms, max {_fmt(lat.get('max_ms'))} ms "
         f"({lat.get('sent')} sent, complete {lat.get('complete')})"
     )
+    paced_cpu = lat.get("cpu_ms_per_decision_by_process") or {}
+    if paced_cpu:
+        lines.append(
+            "            paced: CPU ms/decision by process: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(paced_cpu.items()))
+            + f"; {_fmt(lat.get('messages_per_decision'), '.1f')} Kafka msgs/decision"
+        )
     lines.append(
         f"            mock ad server alone (direct GET /inline, same rate): p50 "
         f"{_fmt(mock.get('p50_ms'), '.1f')} ms, p99 {_fmt(mock.get('p99_ms'), '.1f')} ms"
