@@ -2,7 +2,7 @@
 
 Usage: ``python -m benchmarks.bench_pipeline [--quick] [--only memory|throughput]
 [--latency-rate R] [--json-out PATH] [--store memory|rocksdb]
-[--guarantee at_least_once|exactly_once] [--commit-interval-ms MS]``
+[--guarantee at_least_once|exactly_once] [--commit-interval-ms MS] [--linger-ms MS]``
 
 Everything runs on 127.0.0.1 in one temporary folder, in one run:
 
@@ -83,7 +83,7 @@ from streams.kafka_local import LocalKafka
 from streams.pipeline import PipelineConfig, handle_ad_request
 from streams.records import AdRequest, encode
 from streams.replay import changelog_topic
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
 from streams.topics import TopicNames
 
 TARGET_DPS = 1_500  # decisions/s per worker process
@@ -1439,6 +1439,12 @@ def main(argv: list[str] | None = None) -> int:
         help="XSP_COMMIT_INTERVAL_MS of the peak/latency worker (default 0: by guarantee)",
     )
     ap.add_argument(
+        "--linger-ms",
+        type=int,
+        default=Settings().producer_linger_ms,
+        help="XSP_PRODUCER_LINGER_MS of the peak/latency worker (throughput against latency)",
+    )
+    ap.add_argument(
         "--only",
         choices=("memory", "throughput"),
         default=None,
@@ -1460,6 +1466,12 @@ def main(argv: list[str] | None = None) -> int:
         help="py-spy raw profile of the worker during the main burst (if installed)",
     )
     args = ap.parse_args(argv)
+    try:  # a bad worker setting is a one-line usage error, before anything starts
+        Settings().with_overrides(
+            producer_linger_ms=args.linger_ms, commit_interval_ms=args.commit_interval_ms
+        )
+    except SettingsError as exc:
+        ap.error(str(exc))
     plan = QUICK if args.quick else FULL
     json_out = args.json_out or ROOT / "bench-results" / (
         "bench_pipeline-quick.json" if args.quick else "bench_pipeline.json"
@@ -1513,6 +1525,7 @@ def main(argv: list[str] | None = None) -> int:
                 data_dir=workdir / "peak-worker",
                 processing_guarantee=args.guarantee,
                 commit_interval_ms=args.commit_interval_ms,
+                producer_linger_ms=args.linger_ms,
             )
             result.update(
                 asyncio.run(
