@@ -14,8 +14,10 @@ resolution dies with its worker is settled by reservation expiry (a
 budget released); the re-read from the topic happened only after the group
 noticed the death and rebalanced, seconds after any edge had fallen back.
 Under exactly-once a request may be resolved for a reservation whose
-transaction later aborts; its Resolution finds nothing to settle (or settles
-the redone reservation, the same request) and is ignored otherwise.
+transaction later aborts; its Resolution settles the redone reservation of
+the same request, or finds none (or the request refused as exhausted) and is
+ignored: ``handle_resolution`` decides nothing for a request it never
+reserved (a chaos run that caught this gave a request two decisions).
 
 This stage is stateless and the only concurrent one, and it is deliberately
 *not* a Faust agent: Faust's conductor delivers every topic of a worker

@@ -1078,9 +1078,14 @@ def handle_resolution(
     prior = _committed(_load(store, _pending_key(_campaign_key(cid), rid)), extras["seq"])
     if prior is not None and "decision" in prior and rid not in state.reservations:
         return _resend(prior, resolution.user_id, resolution.reply_to)
-    if rid not in state.reservations and rid not in state.records:
-        # Never reserved here (its reservation was in an aborted transaction, or
-        # forgotten past the horizon): nothing to settle and no decision to make.
+    record = state.records.get(rid)
+    if rid not in state.reservations and (record is None or record.status == "exhausted"):
+        # Never reserved in the state that counts: its reservation was in an
+        # aborted transaction (the resolve stage, in process, resolved it all the
+        # same), lost with a killed worker's unflushed writes and redone as
+        # exhausted, or forgotten past the horizon. Nothing to settle, and the
+        # request's decision, if any, is already made: a second, different one
+        # (a late-fill timeout) failed an exactly-once chaos run in session 13.
         return []
     extras["wall_ms"] = wall_ms
     now = max(resolution.request_timestamp, state.clock_ms or 0)

@@ -291,6 +291,39 @@ def test_ticks_of_other_partitions_do_not_restart_the_expiry_clock() -> None:
     assert [decode(ExpireCommand, c.value).request_id for c in commands] == ["r1"]
 
 
+def test_a_resolution_for_a_request_the_budget_refused_makes_no_second_decision() -> None:
+    """A reservation undone (aborted transaction, lost writes) and redone as exhausted.
+
+    The resolve stage works in process, so it may have resolved the first
+    attempt: that Resolution must not decide the request a second time.
+    """
+    p = Pipeline(directory(campaign(budget={"total": "2.5", "timezone": "UTC"})))
+    p.request("r0")
+    p.resolve_all()  # spends the whole budget
+    p.request("r1", ts=T0 + 10)
+    assert [d.status for d in p.decisions] == [
+        DecisionStatus.FILLED,
+        DecisionStatus.BUDGET_EXHAUSTED,
+    ]
+    request = AdRequest(request_id="r1", user_id="u-r1", timestamp=T0 + 10)
+    stray = ResolveRequest(
+        request=request,
+        campaign_id="c1",
+        vast_url="http://127.0.0.1:9/inline",
+        max_price_micros=2_500_000,
+        currency="USD",
+    )
+    outputs = handle_resolution(
+        p.campaigns,
+        resolution(stray, DecisionStatus.FILLED),
+        p.view,
+        CONFIG,
+        wall_ms=T0 + 100,
+    )
+    assert outputs == []
+    assert budget_snapshot(p.campaigns, p.view.campaigns["c1"], T0)["spent_micros"] == 2_500_000
+
+
 def test_a_resolution_logged_before_the_expire_command_still_fills() -> None:
     """Under backlog the command is written after the resolution: the log order decides."""
     p = Pipeline(directory(campaign()))
