@@ -492,6 +492,21 @@ def _run_topics(prefix: str, app_id: str) -> Callable[[str], bool]:
     return lambda t: t.startswith(prefix) or t.startswith(f"{app_id}-")
 
 
+def _cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each process spent between two ``_cpu`` readings."""
+    return {k: after[k] - before.get(k, after[k]) for k in after}
+
+
+async def _messages_since(
+    bootstrap: str, match: Callable[[str], bool], before: dict[str, int]
+) -> dict[str, int]:
+    """Messages written per topic since the ``before`` end offsets (topics with none left out)."""
+    await asyncio.sleep(1.5)  # the last settles and changelog writes
+    after = await _end_offsets(bootstrap, match)
+    per_topic = {t: after.get(t, 0) - before.get(t, 0) for t in after}
+    return {t: v for t, v in per_topic.items() if v}
+
+
 async def _burst(
     bootstrap: str,
     producer: AIOKafkaProducer,
@@ -531,12 +546,9 @@ async def _burst(
     t_end = max(ts for ts, _ in decided) / 1000 if decided else time.time()
     elapsed = t_end - t0
     rss = proc_rss_mb(wpid)
-    await asyncio.sleep(1.5)  # the last settles and changelog writes
-    offsets_after = await _end_offsets(bootstrap, match)
-    per_topic = {t: offsets_after.get(t, 0) - offsets_before.get(t, 0) for t in offsets_after}
-    per_topic = {t: v for t, v in per_topic.items() if v}
+    per_topic = await _messages_since(bootstrap, match, offsets_before)
     got = len(decided)
-    cpu = {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1}
+    cpu = _cpu_spent(cpu0, cpu1)
     return {
         "requests": n,
         "users": plan.peak_users,
@@ -699,14 +711,12 @@ async def bench_peak_and_latency(
         lat_ids = list(sent_at)
         lat_complete = await watcher.wait(lat_ids, 60, worker)
         cpu1 = _cpu({"worker": wpid, **pids})
-        await asyncio.sleep(1.5)  # the last settles and changelog writes
-        offsets_after = await _end_offsets(bootstrap, match)
+        moved = sum((await _messages_since(bootstrap, match, offsets_before)).values())
         latencies = [watcher.seen[r][0] - sent_at[r] for r in lat_ids if r in watcher.seen]
         lat = _lat_summary(latencies)
         got = len(latencies)
-        cpu = {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1}
+        cpu = _cpu_spent(cpu0, cpu1)
         lat["cpu_ms_per_decision_by_process"] = {k: v / got * 1000 for k, v in cpu.items() if got}
-        moved = sum(offsets_after.get(t, 0) - offsets_before.get(t, 0) for t in offsets_after)
         lat["messages_per_decision"] = moved / got if got else None
         lat.update(
             rate=rate,
