@@ -104,16 +104,18 @@ def register(app: XspApp) -> None:
         # their outputs to the producer, and a commit drains the producer first,
         # so a batched send is as safe as one send per event (at least once).
         async for events in stream.take_events(BATCH_EVENTS, within=window_s):
-            # One envelope per campaign and source partition: under exactly-once
-            # an envelope must travel in its events' partition's transaction.
-            last_event: dict[int, EventT] = {}
-            outputs: dict[int, list[Output]] = {}
-            for event in events:
-                with processing(event):
-                    produced = await admit_one(event)
-                partition = event.message.partition
-                last_event[partition] = event
-                outputs.setdefault(partition, []).extend(produced)
-            for partition, event in last_event.items():
-                with processing(event):
-                    await router.send(pack_admissions(outputs[partition]))
+            # A batch's rows and outputs go into one commit (streams/commit_gate.py).
+            async with app.xsp_commit_gate.event():
+                # One envelope per campaign and source partition: under exactly-once
+                # an envelope must travel in its events' partition's transaction.
+                last_event: dict[int, EventT] = {}
+                outputs: dict[int, list[Output]] = {}
+                for event in events:
+                    with processing(event):
+                        produced = await admit_one(event)
+                    partition = event.message.partition
+                    last_event[partition] = event
+                    outputs.setdefault(partition, []).extend(produced)
+                for partition, event in last_event.items():
+                    with processing(event):
+                        await router.send(pack_admissions(outputs[partition]))

@@ -123,63 +123,67 @@ def register(app: XspApp, resolver: ResolveStage | None) -> None:
             deferred.flush()
         return outputs
 
+    async def budget_one(event: EventT) -> list[Output]:
+        """One event's outputs; invalid input is dead-lettered (no outputs)."""
+        message = event.message
+        metrics.event_in(STAGE, message.topic)
+        view = app.xsp_directory.view
+        config = app.xsp_pipeline
+        try:
+            kind = message_kind(message.value or b"")
+            # The broker timestamp is recorded with the message: replays see it too.
+            wall_ms = int(message.timestamp * 1000)
+            position = (message.offset, 0)
+            if kind == "resolutions":
+                batch = decode_or_dead_letter(Resolutions, message.value)
+                outputs = await handle_each(event, batch.items, handle_resolution)
+            elif kind == "admitted_batch":
+                admissions = decode_or_dead_letter(AdmittedBatch, message.value)
+                outputs = await handle_each(event, admissions.items, handle_admitted)
+            elif kind == "resolution":  # one per message, as older logs hold them
+                resolution = decode_or_dead_letter(Resolution, message.value)
+                outputs = handle_resolution(
+                    store, resolution, view, config, wall_ms=wall_ms, position=position
+                )
+            elif kind == "spend":
+                spend = decode_or_dead_letter(SpendEvent, message.value)
+                outputs = handle_spend(store, spend, config, wall_ms=wall_ms, position=position)
+            elif kind == "expire":
+                command = decode_or_dead_letter(ExpireCommand, message.value)
+                outputs = handle_expire(store, command, config, position=position)
+                if outputs:
+                    metrics.reservations_expired_inc(STAGE)
+            elif kind == "tick":
+                prune_on_tick(store, message, config, partitions)
+                mine = [
+                    cid
+                    for cid in view.campaigns
+                    if partition_of(cid.encode(), partitions) == message.partition
+                ]
+                # Expiry is decided on this worker's clock and written to the log.
+                now_ms = int(time.time() * 1000)
+                outputs = plan_expiry(store, mine, pending_since, now_ms, config)
+                _report_budgets(store, mine, view, metrics, message.partition, open_by_partition)
+            else:  # one Admitted per message, as older logs hold them
+                admitted = decode_or_dead_letter(Admitted, message.value)
+                outputs = handle_admitted(
+                    store, admitted, view, config, wall_ms=wall_ms, position=position
+                )
+        except DeadLetterError as exc:
+            await dead_letter(app, event, STAGE, str(exc))
+            return []
+        except Exception as exc:
+            # A bug must not become a poison pill that stops the partition:
+            # the input is kept in the DLQ and its reservation will expire.
+            log.exception("internal error in %s", STAGE)
+            await dead_letter(app, event, STAGE, f"internal error: {exc!r}")
+            return []
+        return outputs
+
     @app.agent(app.xsp_topics.budget_requests, name=STAGE, concurrency=1)
     async def budget(stream: StreamT) -> None:
         await app.xsp_directory.wait_ready()
         async for event in stream.events():
-            message = event.message
-            metrics.event_in(STAGE, message.topic)
-            view = app.xsp_directory.view
-            config = app.xsp_pipeline
-            try:
-                kind = message_kind(message.value or b"")
-                # The broker timestamp is recorded with the message: replays see it too.
-                wall_ms = int(message.timestamp * 1000)
-                position = (message.offset, 0)
-                if kind == "resolutions":
-                    batch = decode_or_dead_letter(Resolutions, message.value)
-                    outputs = await handle_each(event, batch.items, handle_resolution)
-                elif kind == "admitted_batch":
-                    admissions = decode_or_dead_letter(AdmittedBatch, message.value)
-                    outputs = await handle_each(event, admissions.items, handle_admitted)
-                elif kind == "resolution":  # one per message, as older logs hold them
-                    resolution = decode_or_dead_letter(Resolution, message.value)
-                    outputs = handle_resolution(
-                        store, resolution, view, config, wall_ms=wall_ms, position=position
-                    )
-                elif kind == "spend":
-                    spend = decode_or_dead_letter(SpendEvent, message.value)
-                    outputs = handle_spend(store, spend, config, wall_ms=wall_ms, position=position)
-                elif kind == "expire":
-                    command = decode_or_dead_letter(ExpireCommand, message.value)
-                    outputs = handle_expire(store, command, config, position=position)
-                    if outputs:
-                        metrics.reservations_expired_inc(STAGE)
-                elif kind == "tick":
-                    prune_on_tick(store, message, config, partitions)
-                    mine = [
-                        cid
-                        for cid in view.campaigns
-                        if partition_of(cid.encode(), partitions) == message.partition
-                    ]
-                    # Expiry is decided on this worker's clock and written to the log.
-                    now_ms = int(time.time() * 1000)
-                    outputs = plan_expiry(store, mine, pending_since, now_ms, config)
-                    _report_budgets(
-                        store, mine, view, metrics, message.partition, open_by_partition
-                    )
-                else:  # one Admitted per message, as older logs hold them
-                    admitted = decode_or_dead_letter(Admitted, message.value)
-                    outputs = handle_admitted(
-                        store, admitted, view, config, wall_ms=wall_ms, position=position
-                    )
-            except DeadLetterError as exc:
-                await dead_letter(app, event, STAGE, str(exc))
-                continue
-            except Exception as exc:
-                # A bug must not become a poison pill that stops the partition:
-                # the input is kept in the DLQ and its reservation will expire.
-                log.exception("internal error in %s", STAGE)
-                await dead_letter(app, event, STAGE, f"internal error: {exc!r}")
-                continue
-            await router.send(outputs)
+            # Rows and outputs of one event go into one commit (streams/commit_gate.py).
+            async with app.xsp_commit_gate.event():
+                await router.send(await budget_one(event))

@@ -19,6 +19,7 @@ from faust.stores.memory import Store as MemoryStore
 from faust.types import TableT, TopicT
 
 from streams.campaign_directory import CampaignDirectory
+from streams.commit_gate import CommitGate
 from streams.faust_transport import Transport
 from streams.key_groups import GroupedDict
 from streams.local_state import mark_clean_shutdown, open_table_dir
@@ -71,6 +72,8 @@ class XspApp(faust.App):
     xsp_directory: CampaignDirectory
     xsp_pipeline: PipelineConfig
     xsp_metrics: Metrics
+    # Closed by exactly-once commits, entered by agents for each event (streams/commit_gate.py).
+    xsp_commit_gate: CommitGate
 
     _tables_opened = False  # set by ``open_local_tables`` in a worker process
 
@@ -146,6 +149,7 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
         max_hops=settings.vast_max_hops,
     )
     app.xsp_metrics = Metrics()
+    app.xsp_commit_gate = CommitGate()
     app.xsp_directory = CampaignDirectory(
         settings.bootstrap_servers, names.campaigns, names.campaign_status
     )

@@ -117,25 +117,29 @@ class SourceTransactions(TransactionManager):
         committed; otherwise the worker is crashed and ``TransactionLost``
         raised, so no offset is counted as committed that is not.
         """
-        # Outputs still in Faust's producer buffer would miss the transaction
-        # being committed and be sent after it ended ("Can't send messages
-        # while not in transaction").
-        await drain(self.producer)
-        by_transaction: dict[str, dict[TP, int]] = defaultdict(dict)
-        for tp, offset in offsets.items():
-            transaction = self._transaction_of(tp)
-            if transaction is None:  # Faust commits only its groups' topics
-                await self._lose(str(tp), "its topic is in no partition group")
-            by_transaction[transaction][tp] = offset
-        for transaction, its_offsets in by_transaction.items():
-            await self._commit_transaction(transaction, its_offsets, start_new_transaction)
+        # No event may be half sent (outputs in this transaction, its table
+        # rows still in the buffer for the next one): streams/commit_gate.py.
+        async with self.app.xsp_commit_gate.commit():
+            # Outputs still in Faust's producer buffer would miss the transaction
+            # being committed and be sent after it ended ("Can't send messages
+            # while not in transaction").
+            await drain(self.producer)
+            by_transaction: dict[str, dict[TP, int]] = defaultdict(dict)
+            for tp, offset in offsets.items():
+                transaction = self._transaction_of(tp)
+                if transaction is None:  # Faust commits only its groups' topics
+                    await self._lose(str(tp), "its topic is in no partition group")
+                by_transaction[transaction][tp] = offset
+            for transaction, its_offsets in by_transaction.items():
+                await self._commit_transaction(transaction, its_offsets, start_new_transaction)
         return True
 
     async def commit_open(self) -> None:
         """Commit every transaction of this worker that holds sends, without offsets."""
-        await drain(self.producer)
-        for transaction in list(self._producers()):
-            await self._commit_transaction(transaction, {}, begin_next=True)
+        async with self.app.xsp_commit_gate.commit():
+            await drain(self.producer)
+            for transaction in list(self._producers()):
+                await self._commit_transaction(transaction, {}, begin_next=True)
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # Called once the agents are idle and before any producer is stopped:

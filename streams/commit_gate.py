@@ -1,0 +1,73 @@
+"""A gate that keeps exactly-once commits and event processing apart.
+
+Why: an agent writes an event's table rows through Faust's producer buffer
+(sent a few loop turns later) and sends the event's outputs directly. A
+transaction commit that started between the two committed the outputs while
+the rows went into the next transaction; a SIGKILL aborted that one, the
+event was processed again on state without its rows, and one request got
+two different decisions (sessions 12-14, traced in docs/history.md). Kafka
+Streams cannot hit this because its thread commits between records; here
+agents and the commit loop are tasks on one event loop, so the gate makes
+"between records" explicit: a commit waits until no event is being
+processed and holds new events back until it has ended.
+
+The gate costs a counter per event when nothing commits (at-least-once never
+closes it). Pure asyncio: no Faust import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+__all__ = ["CommitGate"]
+
+
+class CommitGate:
+    """Events in progress and commits never overlap; a waiting commit goes before new events."""
+
+    def __init__(self) -> None:
+        self._in_progress = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._commits = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def event(self) -> AsyncIterator[None]:
+        """Process one event (or one batch): everything it writes and sends lands in one commit.
+
+        Guarantees: the block does not start while a commit is in progress,
+        and no commit starts until the block has ended.
+        """
+        # A commit may close the gate again between the wake-up and this
+        # task running, hence the loop; nothing awaits between the check and
+        # the count.
+        while not self._open.is_set():
+            await self._open.wait()
+        self._in_progress += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_progress -= 1
+            if self._in_progress == 0:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def commit(self) -> AsyncIterator[None]:
+        """Commit with no event in progress; commits run one at a time.
+
+        Guarantees: the block starts only once every event block that had
+        started has ended, and no event block starts until it has ended.
+        Not re-entrant: a commit must not commit again inside the block.
+        """
+        async with self._commits:
+            self._open.clear()
+            try:
+                await self._idle.wait()
+                yield
+            finally:
+                self._open.set()
