@@ -86,29 +86,17 @@ class Killer(threading.Thread):
 
 
 @pytest.mark.timeout(900)
-# At-least-once is a plain test: it passed every run since session 11's seek fix
-# (8 standalone, 5 clean-clone CI runs, 4 + 2 in session 12, 10 in session 13).
-# Exactly-once passed 14 of 14 in session 12, then failed 3 of 11 runs in session 13,
-# each a request with two different decisions. One cause is fixed (a stray Resolution
-# of an aborted reservation); the other is open: a commit's drain runs before its
-# transactions commit, so an Admitted sent in between joins the committing
-# transaction while its event's buffered changelog writes join the next one (traced
-# twice; README "Known limits"). Until that is fixed the variant reports as XFAIL
-# with its cause (tests/conftest.py prints it) instead of failing CI.
+# All three variants are plain tests. At-least-once passed every run since session
+# 11's seek fix. Exactly-once failed 3 of 11 runs in session 13 (a request with two
+# different decisions); its causes, a stray Resolution of an aborted reservation and
+# a commit that fell between an event's outputs and its buffered table rows, are
+# fixed (streams/commit_gate.py): 13 of 13 runs in session 14 (README "Known limits").
 @pytest.mark.parametrize(
     ("store", "guarantee"),
     [
         ("memory://", "at_least_once"),
         ("rocksdb://", "at_least_once"),
-        pytest.param(
-            "memory://",
-            "exactly_once",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="exactly-once commit race: an output can commit without its "
-                "event's buffered changelog writes (README Known limits)",
-            ),
-        ),
+        ("memory://", "exactly_once"),
     ],
 )
 def test_money_stays_exact_through_sigkills_and_a_rebalance(
