@@ -149,7 +149,7 @@ def create_app(settings: Settings, *, register_agents: bool = True) -> XspApp:
         max_hops=settings.vast_max_hops,
     )
     app.xsp_metrics = Metrics()
-    app.xsp_commit_gate = CommitGate()
+    app.xsp_commit_gate = CommitGate(on_commit=app.xsp_metrics.observe_commit_gate)
     app.xsp_directory = CampaignDirectory(
         settings.bootstrap_servers, names.campaigns, names.campaign_status
     )

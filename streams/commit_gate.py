@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 __all__ = ["CommitGate"]
 
@@ -27,7 +28,10 @@ __all__ = ["CommitGate"]
 class CommitGate:
     """Events in progress and commits never overlap; a waiting commit goes before new events."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_commit: Callable[[float, float], None] | None = None) -> None:
+        """``on_commit(waited_s, held_s)`` is told, after each commit, how long it waited
+        for events in progress and how long it held new events back."""
+        self._on_commit = on_commit
         self._in_progress = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -66,8 +70,13 @@ class CommitGate:
         """
         async with self._commits:
             self._open.clear()
+            closed_at = time.perf_counter()
+            waited_s = 0.0
             try:
                 await self._idle.wait()
+                waited_s = time.perf_counter() - closed_at
                 yield
             finally:
                 self._open.set()
+                if self._on_commit is not None:
+                    self._on_commit(waited_s, time.perf_counter() - closed_at)

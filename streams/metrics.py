@@ -53,6 +53,8 @@ __all__ = [
 # milliseconds, timeouts sit at a few seconds.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # A decision spans several Kafka hops plus the VAST chain.
+# Exactly-once commits hold the commit gate: milliseconds when healthy.
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 DECISION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -108,6 +110,14 @@ class Metrics:
             "xsp_decision_latency_seconds",
             "Time from an ad request's timestamp to its published decision.",
             buckets=DECISION_BUCKETS,
+            registry=r,
+        )
+        self.commit_gate = Histogram(
+            "xsp_commit_gate_seconds",
+            "Exactly-once commits: how long each waited for events in progress (phase=wait) "
+            "and how long it held new events back (phase=held, the wait included).",
+            ["phase"],
+            buckets=COMMIT_BUCKETS,
             registry=r,
         )
         self.reservations_open = Gauge(
@@ -233,6 +243,11 @@ class Metrics:
             yield
         finally:
             self.observe_hop(hop, time.perf_counter() - start)
+
+    def observe_commit_gate(self, waited_s: float, held_s: float) -> None:
+        """Record one exactly-once commit's wait for events and how long it held the gate."""
+        self.commit_gate.labels(phase="wait").observe(waited_s)
+        self.commit_gate.labels(phase="held").observe(held_s)
 
     def observe_decision_latency(self, seconds: float) -> None:
         """Record the request-to-decision latency of one request (negative clamps to 0)."""

@@ -120,3 +120,27 @@ def test_an_event_woken_by_one_commit_does_not_slip_into_the_next() -> None:
         return seen
 
     assert asyncio.run(scenario()) == ["between commits"]
+
+
+def test_each_commit_reports_its_wait_for_events_and_how_long_it_held_them_back() -> None:
+    async def scenario() -> list[tuple[float, float]]:
+        reports: list[tuple[float, float]] = []
+        gate = CommitGate(on_commit=lambda waited, held: reports.append((waited, held)))
+
+        async def event() -> None:
+            async with gate.event():
+                await asyncio.sleep(0.05)
+
+        async def commit(after_s: float, takes_s: float) -> None:
+            await asyncio.sleep(after_s)
+            async with gate.commit():
+                await asyncio.sleep(takes_s)
+
+        await asyncio.gather(event(), commit(0.01, 0.02))  # waits ~40 ms for the event
+        await commit(0, 0.03)  # nothing to wait for
+        return reports
+
+    (waited_1, held_1), (waited_2, held_2) = asyncio.run(scenario())
+    # Lower bounds only, as sleeps guarantee them; "nothing to wait for" is ~1 µs.
+    assert waited_1 >= 0.03 and held_1 >= waited_1 + 0.02
+    assert waited_2 < 0.03 and held_2 >= 0.03

@@ -20,6 +20,7 @@ EXPECTED_FAMILIES = {
     "xsp_dead_letters": ("counter", {"stage"}),
     "xsp_http_hop_duration_seconds": ("histogram", {"hop"}),
     "xsp_decision_latency_seconds": ("histogram", set()),
+    "xsp_commit_gate_seconds": ("histogram", {"phase"}),
     "xsp_reservations_open": ("gauge", {"table"}),
     "xsp_reservations_expired": ("counter", {"table"}),
     "xsp_resolve_queue": ("gauge", {"state"}),
@@ -193,3 +194,13 @@ def test_metrics_server_serves_the_exposition_on_loopback() -> None:
         server.close()
     parsed = {f.name: f for f in text_string_to_metric_families(body)}
     assert parsed["xsp_decisions"].samples[0].value == 1
+
+
+def test_commit_gate_phases_are_observed_separately() -> None:
+    metrics = Metrics()
+    metrics.observe_commit_gate(0.004, 0.012)
+    metrics.observe_commit_gate(0.0, 0.003)
+    assert sample(metrics, "xsp_commit_gate_seconds_count", phase="wait") == 2
+    assert sample(metrics, "xsp_commit_gate_seconds_sum", phase="held") == 0.015
+    assert sample(metrics, "xsp_commit_gate_seconds_bucket", phase="wait", le="0.005") == 2
+    assert sample(metrics, "xsp_commit_gate_seconds_bucket", phase="held", le="0.005") == 1
