@@ -5,7 +5,7 @@ Why: an agent writes an event's table rows through Faust's producer buffer
 transaction commit that started between the two committed the outputs while
 the rows went into the next transaction; a SIGKILL aborted that one, the
 event was processed again on state without its rows, and one request got
-two different decisions (sessions 12-14, traced in docs/history.md). Kafka
+two different decisions (session 13, traced in docs/history.md). Kafka
 Streams cannot hit this because its thread commits between records; here
 agents and the commit loop are tasks on one event loop, so the gate makes
 "between records" explicit: a commit waits until no event is being

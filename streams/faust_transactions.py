@@ -29,6 +29,10 @@ agents are idle, whatever was sent after them. Messages processed in between
 are read again by the partition's next owner, as under at-least-once; every
 handler is idempotent by request id.
 
+When a transaction commits: between events, never inside one
+(``streams/commit_gate.py``: an event's table rows and outputs are in one
+transaction or none).
+
 When a transaction is lost: Faust swallowed a fenced producer (it logged the
 fence, dropped the producer, and then warned "Commit invoked for unknown
 transaction" while counting the offsets as committed) and kept running on
@@ -119,6 +123,10 @@ class SourceTransactions(TransactionManager):
         """
         # No event may be half sent (outputs in this transaction, its table
         # rows still in the buffer for the next one): streams/commit_gate.py.
+        # Faust chose ``offsets`` before the gate closed, so events finished
+        # in between commit whole but without their offsets; their next
+        # delivery finds their rows and re-sends the same outputs (every
+        # handler is idempotent by request id).
         async with self.app.xsp_commit_gate.commit():
             # Outputs still in Faust's producer buffer would miss the transaction
             # being committed and be sent after it ended ("Can't send messages
