@@ -121,41 +121,39 @@ class SourceTransactions(TransactionManager):
         committed; otherwise the worker is crashed and ``TransactionLost``
         raised, so no offset is counted as committed that is not.
         """
+        by_transaction: dict[str, dict[TP, int]] = defaultdict(dict)
+        for tp, offset in offsets.items():
+            transaction = self._transaction_of(tp)
+            if transaction is None:  # Faust commits only its groups' topics
+                await self._lose(str(tp), "its topic is in no partition group")
+            by_transaction[transaction][tp] = offset
+        # Faust chose ``offsets`` before the gate closed, so events finished in
+        # between commit whole but without their offsets; their next delivery
+        # finds their rows and re-sends the same outputs (every handler is
+        # idempotent by request id).
+        await self._commit_between_events(by_transaction, start_new_transaction)
+        return True
+
+    async def commit_open(self) -> None:
+        """Commit every transaction of this worker that holds sends, without offsets."""
+        await self._commit_between_events({t: {} for t in self._producers()}, begin_next=True)
+
+    async def _commit_between_events(
+        self, by_transaction: dict[str, dict[TP, int]], begin_next: bool
+    ) -> None:
         # No event may be half sent (outputs in this transaction, its table
         # rows still in the buffer for the next one): streams/commit_gate.py.
-        # Faust chose ``offsets`` before the gate closed, so events finished
-        # in between commit whole but without their offsets; their next
-        # delivery finds their rows and re-sends the same outputs (every
-        # handler is idempotent by request id).
         async with self.app.xsp_commit_gate.commit():
             # Outputs still in Faust's producer buffer would miss the transaction
             # being committed and be sent after it ended ("Can't send messages
             # while not in transaction").
             await drain(self.producer)
-            by_transaction: dict[str, dict[TP, int]] = defaultdict(dict)
-            for tp, offset in offsets.items():
-                transaction = self._transaction_of(tp)
-                if transaction is None:  # Faust commits only its groups' topics
-                    await self._lose(str(tp), "its topic is in no partition group")
-                by_transaction[transaction][tp] = offset
             # Each transaction has its own producer: committing them together
             # keeps the gate closed for one round trip instead of one per partition.
             await asyncio.gather(
                 *(
-                    self._commit_transaction(transaction, its_offsets, start_new_transaction)
+                    self._commit_transaction(transaction, its_offsets, begin_next)
                     for transaction, its_offsets in by_transaction.items()
-                )
-            )
-        return True
-
-    async def commit_open(self) -> None:
-        """Commit every transaction of this worker that holds sends, without offsets."""
-        async with self.app.xsp_commit_gate.commit():
-            await drain(self.producer)
-            await asyncio.gather(
-                *(
-                    self._commit_transaction(transaction, {}, begin_next=True)
-                    for transaction in list(self._producers())
                 )
             )
 

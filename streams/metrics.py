@@ -52,9 +52,9 @@ __all__ = [
 # One VAST hop is an HTTP request to an ad server: most answer in tens of
 # milliseconds, timeouts sit at a few seconds.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# A decision spans several Kafka hops plus the VAST chain.
 # Exactly-once commits hold the commit gate: milliseconds when healthy.
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+# A decision spans several Kafka hops plus the VAST chain.
 DECISION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
