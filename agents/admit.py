@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
 from faust import StreamT
 from faust.types import EventT
@@ -23,6 +24,7 @@ from faust.types import EventT
 from agents.wiring import Router, TableStore, dead_letter, processing, prune_on_tick
 from streams.admission import validate_ad_request
 from streams.app import XspApp
+from streams.faust_stream import Stream
 from streams.pipeline import (
     DeadLetterError,
     Output,
@@ -99,11 +101,11 @@ def register(app: XspApp) -> None:
     @app.agent(app.xsp_topics.ad_requests, name=STAGE, concurrency=1)
     async def admit(stream: StreamT) -> None:
         await app.xsp_directory.wait_ready()
-        window_s = settings.admit_batch_window_ms / 1000
-        # take_events acks a batch's events only after this body has handed
+        gather_s = settings.admit_batch_window_ms / 1000
+        # take_ready acks a batch's events only after this body has handed
         # their outputs to the producer, and a commit drains the producer first,
         # so a batched send is as safe as one send per event (at least once).
-        async for events in stream.take_events(BATCH_EVENTS, within=window_s):
+        async for events in cast(Stream, stream).take_ready(BATCH_EVENTS, gather_s):
             # A batch's rows and outputs go into one commit (streams/commit_gate.py).
             async with app.xsp_commit_gate.event():
                 # One envelope per campaign and source partition: under exactly-once

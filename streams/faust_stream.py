@@ -17,10 +17,12 @@ The Python iterator calls ``event.ack()``, which calls the consumer's
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import faust
+from faust.types import ChannelT, EventT
 
 __all__ = ["Stream"]
 
@@ -33,3 +35,82 @@ class Stream(faust.Stream):
         # As faust.Stream.__aiter__: on_stop() closes iterators a caller abandoned.
         self._active_agens.add(cast(Any, iterator))
         return iterator
+
+    def take_ready(self, max_events: int, max_gather_s: float) -> AsyncIterator[list[EventT]]:
+        """Batches of the events that are ready, at most ``max_events`` each.
+
+        Unlike ``take_events``, which waits a fixed window whether or not
+        anything arrives, a batch starts as soon as one event is there and
+        keeps gathering only while the stream still has events ready: each
+        loop turn the stream hands over at most one more event, so the first
+        turn that brings none ends the batch. Gathering also stops after
+        ``max_gather_s``. An event that arrives alone is handed over at
+        once; under load the events that queued while the last batch was
+        handled form the next one, so batches grow with the load.
+
+        Guarantees (as ``take_events``): events come in stream order; a
+        batch's events are acked only after the caller's loop body for that
+        batch has finished (when it asks for the next one or leaves the
+        loop), and no event joins the batch being handled.
+        """
+        batches = self._take_ready(max_events, max_gather_s)
+        # As __aiter__: on_stop() closes generators a caller abandoned.
+        self._active_agens.add(cast(Any, batches))
+        return batches
+
+    async def _take_ready(
+        self, max_events: int, max_gather_s: float
+    ) -> AsyncIterator[list[EventT]]:
+        loop = asyncio.get_running_loop()
+        events: list[EventT] = []
+        arrived = asyncio.Event()
+        room = asyncio.Event()
+        room.set()
+        handed_over: asyncio.Future[None] | None = None
+
+        async def collect(value: Any) -> Any:
+            # Runs in the stream's passive drainer, once per event.
+            nonlocal handed_over
+            while handed_over is not None:
+                await handed_over
+            event = self.current_event
+            if event is None:
+                raise RuntimeError("take_ready: the stream has no current event")
+            events.append(event)
+            arrived.set()
+            if len(events) >= max_events:
+                room.clear()
+                await self.wait(room)
+            return value
+
+        acks_before = self.enable_acks
+        # Events are acked here, after the caller has handled their batch.
+        self.enable_acks = False
+        self.add_processor(collect)
+        self._enable_passive(cast(ChannelT, aiter(self.channel)))
+        try:
+            while not self.should_stop:
+                await self.wait_for_stopped(arrived)
+                if not events:
+                    continue
+                deadline = loop.time() + max_gather_s
+                while len(events) < max_events and loop.time() < deadline:
+                    before = len(events)
+                    await asyncio.sleep(0)
+                    if len(events) == before:
+                        break
+                handed_over = loop.create_future()
+                batch = list(events)
+                try:
+                    yield batch
+                finally:
+                    for event in batch:
+                        await self.ack(event)
+                    events.clear()
+                    arrived.clear()
+                    room.set()
+                    future, handed_over = handed_over, None
+                    future.set_result(None)
+        finally:
+            self.enable_acks = acks_before
+            self._processors.remove(collect)
