@@ -101,11 +101,11 @@ def register(app: XspApp) -> None:
     @app.agent(app.xsp_topics.ad_requests, name=STAGE, concurrency=1)
     async def admit(stream: StreamT) -> None:
         await app.xsp_directory.wait_ready()
-        gather_s = settings.admit_batch_window_ms / 1000
+        window_s = settings.admit_batch_window_ms / 1000
         # take_ready acks a batch's events only after this body has handed
         # their outputs to the producer, and a commit drains the producer first,
         # so a batched send is as safe as one send per event (at least once).
-        async for events in cast(Stream, stream).take_ready(BATCH_EVENTS, gather_s):
+        async for events in cast(Stream, stream).take_ready(BATCH_EVENTS, window_s):
             # A batch's rows and outputs go into one commit (streams/commit_gate.py).
             async with app.xsp_commit_gate.event():
                 # One envelope per campaign and source partition: under exactly-once

@@ -36,41 +36,43 @@ class Stream(faust.Stream):
         self._active_agens.add(cast(Any, iterator))
         return iterator
 
-    def take_ready(self, max_events: int, max_gather_s: float) -> AsyncIterator[list[EventT]]:
-        """Batches of the events that are ready, at most ``max_events`` each.
+    def take_ready(self, max_events: int, window_s: float) -> AsyncIterator[list[EventT]]:
+        """Batches of at most ``max_events`` events, gathered for as long as the load asks.
 
-        Unlike ``take_events``, which waits a fixed window whether or not
-        anything arrives, a batch starts as soon as one event is there and
-        keeps gathering only while the stream still has events ready: each
-        loop turn the stream hands over at most one more event, so the first
-        turn that brings none ends the batch. Gathering also stops after
-        ``max_gather_s``. An event that arrives alone is handed over at
-        once; under load the events that queued while the last batch was
-        handled form the next one, so batches grow with the load.
+        Faust's ``take_events`` waits a fixed window for every batch, also
+        for an event that arrives alone at an idle stream. Here a batch whose
+        first event found the stream idle takes only what is ready: each loop
+        turn the stream hands over at most one more event, and the first turn
+        that brings none ends the batch, so a lone event goes at once. A batch
+        whose first event arrived while the previous batch was being handled
+        (the stream is loaded) gathers for ``window_s`` or until it is full,
+        as ``take_events`` does, so under load batches stay as large.
 
         Guarantees (as ``take_events``): events come in stream order; a
         batch's events are acked only after the caller's loop body for that
         batch has finished (when it asks for the next one or leaves the
         loop), and no event joins the batch being handled.
         """
-        batches = self._take_ready(max_events, max_gather_s)
+        batches = self._take_ready(max_events, window_s)
         # As __aiter__: on_stop() closes generators a caller abandoned.
         self._active_agens.add(cast(Any, batches))
         return batches
 
-    async def _take_ready(
-        self, max_events: int, max_gather_s: float
-    ) -> AsyncIterator[list[EventT]]:
+    async def _take_ready(self, max_events: int, window_s: float) -> AsyncIterator[list[EventT]]:
         loop = asyncio.get_running_loop()
         events: list[EventT] = []
         arrived = asyncio.Event()
+        full = asyncio.Event()
         room = asyncio.Event()
         room.set()
         handed_over: asyncio.Future[None] | None = None
+        loaded = False  # an event arrived while a batch was being handled
 
         async def collect(value: Any) -> Any:
             # Runs in the stream's passive drainer, once per event.
-            nonlocal handed_over
+            nonlocal loaded
+            if handed_over is not None:
+                loaded = True
             while handed_over is not None:
                 await handed_over
             event = self.current_event
@@ -79,6 +81,7 @@ class Stream(faust.Stream):
             events.append(event)
             arrived.set()
             if len(events) >= max_events:
+                full.set()
                 room.clear()
                 await self.wait(room)
             return value
@@ -93,13 +96,16 @@ class Stream(faust.Stream):
                 await self.wait_for_stopped(arrived)
                 if not events:
                     continue
-                deadline = loop.time() + max_gather_s
-                while len(events) < max_events and loop.time() < deadline:
-                    before = len(events)
-                    await asyncio.sleep(0)
-                    if len(events) == before:
-                        break
+                if loaded:
+                    await self.wait_for_stopped(full, timeout=window_s)
+                else:
+                    while len(events) < max_events:
+                        before = len(events)
+                        await asyncio.sleep(0)
+                        if len(events) == before:
+                            break
                 handed_over = loop.create_future()
+                loaded = False
                 batch = list(events)
                 try:
                     yield batch
@@ -108,6 +114,7 @@ class Stream(faust.Stream):
                         await self.ack(event)
                     events.clear()
                     arrived.clear()
+                    full.clear()
                     room.set()
                     future, handed_over = handed_over, None
                     future.set_result(None)

@@ -3,7 +3,8 @@
 For tests that must reach into Faust's consumer or transactions (stop its
 flow, fence its producer, ask for a rebalance) while it talks to the real
 broker. Its agent records the offset of every event it processes and, if
-asked, forwards the event's value to an output topic while processing it.
+asked, forwards the event's value to an output topic while processing it,
+or takes its events in batches with ``Stream.take_ready``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from faust.types import TP
 
 from streams.app import XspApp, create_app
+from streams.faust_stream import Stream
 from streams.kafka_io import create_topics, create_xsp_topics, produce
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -39,6 +42,13 @@ class InProcessApp:
     source: str
     output: str | None
     processed: list[int] = field(default_factory=list)
+    # take_ready only: the offsets of each batch, and of any event found
+    # already acked while its batch was being handled.
+    batches: list[list[int]] = field(default_factory=list)
+    acked_while_handled: list[int] = field(default_factory=list)
+    # take_ready only: a batch's handling ends once this is set.
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    stream: Stream | None = None
 
     @property
     def tp(self) -> TP:
@@ -46,9 +56,15 @@ class InProcessApp:
 
 
 @contextlib.asynccontextmanager
-async def running_app(settings: Settings, *, forward: bool = False) -> AsyncIterator[InProcessApp]:
+async def running_app(
+    settings: Settings,
+    *,
+    forward: bool = False,
+    take_ready: tuple[int, float] | None = None,
+) -> AsyncIterator[InProcessApp]:
     """Yields once the source partition is assigned. The app never commits on its own
-    (commit interval one hour): the test decides when."""
+    (commit interval one hour): the test decides when. ``take_ready`` (max events,
+    gather seconds) makes the agent take batches and hold each until ``release``."""
     source = f"{settings.topic_prefix}inprocess-source"
     output = f"{settings.topic_prefix}inprocess-output" if forward else None
     await create_xsp_topics(
@@ -68,9 +84,22 @@ async def running_app(settings: Settings, *, forward: bool = False) -> AsyncIter
         else None
     )
     running = InProcessApp(app=app, source=source, output=output)
+    running.release.set()
+
+    async def record_batches(stream: Stream, max_events: int, gather_s: float) -> None:
+        running.stream = stream
+        async for events in stream.take_ready(max_events, gather_s):
+            offsets = [event.message.offset for event in events]
+            running.batches.append(offsets)
+            await running.release.wait()
+            running.acked_while_handled += [e.message.offset for e in events if e.message.acked]
+            running.processed += offsets
 
     @app.agent(topic)
     async def record_offsets(stream):  # type: ignore[no-untyped-def]
+        if take_ready is not None:
+            await record_batches(cast(Stream, stream), *take_ready)
+            return
         async for event in stream.events():
             if out is not None:
                 await out.send(value=event.message.value)
