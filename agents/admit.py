@@ -1,8 +1,9 @@
 """admit: validate ad requests, dedupe, choose a campaign, check caps and reserve a slot.
 
-Source ``ad-requests`` (key user), taken in batches of what arrives within
-``XSP_ADMIT_BATCH_WINDOW_MS``: the requests of one batch admitted for one
-campaign travel to the budget agent in one ``AdmittedBatch`` message.
+Source ``ad-requests`` (key user), taken in batches (``Stream.take_ready``:
+a lone request at an idle worker goes at once, under load a batch gathers
+for up to ``XSP_ADMIT_BATCH_WINDOW_MS``): the requests of one batch admitted
+for one campaign travel to the budget agent in one ``AdmittedBatch`` message.
 Besides the edge's requests it carries the budget agent's cap releases
 (unfilled requests) and pruning ticks for the same users: one source topic
 for the frequency table means the table is a fold over one ordered log per

@@ -99,7 +99,7 @@ def processing(event: EventT) -> Iterator[None]:
     """Make ``event`` Faust's current event for the block (an agent that takes batches).
 
     Faust sets the current event only while a stream yields events one at a
-    time; ``stream.take_events`` hands over a list. A table write finds its
+    time; a batch take (``Stream.take_ready``) hands over a list. A table write finds its
     changelog partition, and an exactly-once send its transaction, from the
     current event, so each event of a batch is processed inside this block.
     This sets faust-streaming's private context variable (pinned version).

@@ -711,13 +711,15 @@ async def bench_peak_and_latency(
         lat_ids = list(sent_at)
         lat_complete = await watcher.wait(lat_ids, 60, worker)
         cpu1 = _cpu({"worker": wpid, **pids})
-        moved = sum((await _messages_since(bootstrap, match, offsets_before)).values())
+        moved_by_topic = await _messages_since(bootstrap, match, offsets_before)
+        moved = sum(moved_by_topic.values())
         latencies = [watcher.seen[r][0] - sent_at[r] for r in lat_ids if r in watcher.seen]
         lat = _lat_summary(latencies)
         got = len(latencies)
         cpu = _cpu_spent(cpu0, cpu1)
         lat["cpu_ms_per_decision_by_process"] = {k: v / got * 1000 for k, v in cpu.items() if got}
         lat["messages_per_decision"] = moved / got if got else None
+        lat["messages_by_topic"] = moved_by_topic
         lat.update(
             rate=rate,
             rate_given=latency_rate is not None,

@@ -13,6 +13,8 @@ event at a time (budget, spend, campaigns): an in-process test found a
 message processed while partitions were being revoked counted as done.
 The Python iterator calls ``event.ack()``, which calls the consumer's
 ``ack``.
+
+It also adds ``take_ready``, a batch take whose wait follows the load.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ __all__ = ["Stream"]
 
 
 class Stream(faust.Stream):
-    """``faust.Stream`` that always uses its Python iterator."""
+    """``faust.Stream`` that always uses its Python iterator and can take batches by load."""
 
     def __aiter__(self) -> AsyncIterator[Any]:
         iterator = self._py_aiter()

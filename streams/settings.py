@@ -61,7 +61,7 @@ class Settings:
     standby_replicas: int = 0
     log_format: str = "text"
     commit_stuck_after_s: float = 20.0
-    admit_batch_window_ms: int = 3
+    admit_batch_window_ms: int = 10
     commit_interval_ms: int = 0
 
     @property
