@@ -47,10 +47,11 @@ class Stream(faust.Stream):
         turn the stream hands over at most one more event, and the first turn
         that brings none ends the batch, so a lone event goes at once. A batch
         whose first event arrived while the previous batch was being handled
-        (the stream is loaded) first waits until it is full or for as long as
-        the previous batch took to handle, at most ``window_s``, then takes
-        what is ready: under light load the wait stays short, under heavy
-        load batches grow.
+        (the stream is loaded) gathers for ``window_s`` or until it is full,
+        as ``take_events`` does, so under load batches stay as large. (Waiting
+        only as long as the previous batch took to handle, at most the window,
+        lost 10-15 % of burst throughput and answered fewer requests at
+        1,000 req/s, for no clear gain at 100 req/s.)
 
         Guarantees (as ``take_events``): events come in stream order; a
         batch's events are acked only after the caller's loop body for that
@@ -71,7 +72,6 @@ class Stream(faust.Stream):
         room.set()
         handed_over: asyncio.Future[None] | None = None
         loaded = False  # an event arrived while a batch was being handled
-        handling_s = 0.0  # how long the caller took to handle the last batch
 
         async def collect(value: Any) -> Any:
             # Runs in the stream's passive drainer, once per event.
@@ -102,20 +102,19 @@ class Stream(faust.Stream):
                 if not events:
                     continue
                 if loaded:
-                    await self.wait_for_stopped(full, timeout=min(window_s, handling_s))
-                while len(events) < max_events:  # and what is ready
-                    before = len(events)
-                    await asyncio.sleep(0)
-                    if len(events) == before:
-                        break
+                    await self.wait_for_stopped(full, timeout=window_s)
+                else:
+                    while len(events) < max_events:
+                        before = len(events)
+                        await asyncio.sleep(0)
+                        if len(events) == before:
+                            break
                 handed_over = loop.create_future()
                 loaded = False
                 batch = list(events)
-                handed_at = loop.time()
                 try:
                     yield batch
                 finally:
-                    handling_s = loop.time() - handed_at
                     for event in batch:
                         await self.ack(event)
                     events.clear()
