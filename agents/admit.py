@@ -54,6 +54,11 @@ def register(app: XspApp) -> None:
     router = Router(app, STAGE)
     metrics = app.xsp_metrics
     partitions = settings.partitions
+    # Under exactly-once an envelope must travel in its events' partition's
+    # transaction: one per campaign and source partition. Under at-least-once
+    # no output belongs to a partition: one per campaign, so a batch spread
+    # over many partitions still costs the budget agent one event per campaign.
+    envelope_per_partition = settings.exactly_once
 
     async def admit_one(event: EventT) -> list[Output]:
         """One event's outputs; invalid input is dead-lettered (no outputs)."""
@@ -109,16 +114,14 @@ def register(app: XspApp) -> None:
         async for events in cast(Stream, stream).take_ready(BATCH_EVENTS, window_s):
             # A batch's rows and outputs go into one commit (streams/commit_gate.py).
             async with app.xsp_commit_gate.event():
-                # One envelope per campaign and source partition: under exactly-once
-                # an envelope must travel in its events' partition's transaction.
                 last_event: dict[int, EventT] = {}
                 outputs: dict[int, list[Output]] = {}
                 for event in events:
                     with processing(event):
                         produced = await admit_one(event)
-                    partition = event.message.partition
-                    last_event[partition] = event
-                    outputs.setdefault(partition, []).extend(produced)
-                for partition, event in last_event.items():
+                    group = event.message.partition if envelope_per_partition else 0
+                    last_event[group] = event
+                    outputs.setdefault(group, []).extend(produced)
+                for group, event in last_event.items():
                     with processing(event):
-                        await router.send(pack_admissions(outputs[partition]))
+                        await router.send(pack_admissions(outputs[group]))

@@ -309,7 +309,7 @@ class _Consumer(faust_aiokafka.Consumer):
 
     def _log_may_skip_offsets(self, topic: str) -> bool:
         settings = getattr(self.app, "xsp_settings", None)
-        if settings is None or settings.processing_guarantee == "exactly_once":
+        if settings is None or settings.exactly_once:
             return True
         compacted: set[str] = self.app.xsp_topics.names.compacted()  # type: ignore[attr-defined]
         return topic in compacted

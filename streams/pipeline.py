@@ -169,7 +169,8 @@ def pack_admissions(
     """admit's outputs with its Admitted records packed into ``AdmittedBatch`` messages.
 
     ``outputs`` are what ``handle_ad_request`` returned for a batch of events
-    of one source partition; every ``budget`` output among them is an
+    (of one source partition under exactly-once, where an envelope travels in
+    that partition's transaction); every ``budget`` output among them is an
     Admitted. Guarantees: the other outputs are kept, in order; each
     campaign's Admitted items keep their order and travel in as few messages
     as ``max_items`` allows (one per campaign up to that size).

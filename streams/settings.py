@@ -76,7 +76,12 @@ class Settings:
         """
         if self.commit_interval_ms:
             return self.commit_interval_ms / 1000
-        return 0.1 if self.processing_guarantee == "exactly_once" else 2.8
+        return 0.1 if self.exactly_once else 2.8
+
+    @property
+    def exactly_once(self) -> bool:
+        """Whether workers run Kafka transactions (``processing_guarantee="exactly_once"``)."""
+        return self.processing_guarantee == "exactly_once"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

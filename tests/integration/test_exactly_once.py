@@ -20,7 +20,12 @@ import time
 from streams.records import AdRequest, DecisionStatus
 from tests.conftest import Stack
 from tests.integration.test_chaos import assert_commits_catch_up
-from tests.integration.test_money import await_decisions, campaign, send_requests
+from tests.integration.test_money import (
+    admitted_batch_partitions,
+    await_decisions,
+    campaign,
+    send_requests,
+)
 
 
 def _requests(prefix: str, count: int) -> list[AdRequest]:
@@ -43,6 +48,9 @@ def test_exactly_once_commits_pass_transaction_markers_after_a_rebalance(
     send_requests(stack, before)
     decided = await_decisions(stack, {r.request_id for r in before}, timeout_s=120)
     assert {copies[0].status for copies in decided.values()} == {DecisionStatus.NO_FILL}
+    # An envelope travels in its requests' partition's transaction: one partition each.
+    spans = admitted_batch_partitions(stack)
+    assert spans and all(len(span) == 1 for span in spans), spans
     # The releases are the last records of every ad-requests partition: wait for the
     # workers to commit them, so each partition's committed offset is a marker's.
     time.sleep(8)

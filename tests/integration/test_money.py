@@ -15,14 +15,17 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from streams.faust_router import partition_of
 from streams.kafka_io import produce, read_topic
 from streams.lag import consumer_lag
 from streams.records import (
+    AdmittedBatch,
     AdRequest,
     Decision,
     DecisionStatus,
     decode,
     encode,
+    message_kind,
     request_id_in,
     unbatched,
 )
@@ -54,6 +57,23 @@ def campaign(stack: Stack, cid: str, **overrides: Any) -> dict[str, Any]:
 def send_requests(stack: Stack, requests: list[AdRequest]) -> None:
     items = [(r.user_id.encode(), encode(r)) for r in requests]
     asyncio.run(produce(stack.settings.bootstrap_servers, stack.names.ad_requests, items))
+
+
+def admitted_batch_partitions(stack: Stack) -> list[set[int]]:
+    """For each ``AdmittedBatch`` in ``budget-requests``: the ``ad-requests`` partitions
+    its requests came from (a request's key there is its user id)."""
+    messages = asyncio.run(
+        read_topic(stack.settings.bootstrap_servers, stack.names.budget_requests, timeout_s=30)
+    )
+    partitions = stack.settings.partitions
+    return [
+        {partition_of(a.request.user_id.encode(), partitions) for a in batch.items}
+        for batch in (
+            decode(AdmittedBatch, m.value or b"")
+            for m in messages
+            if message_kind(m.value or b"") == "admitted_batch"
+        )
+    ]
 
 
 def await_decisions(
@@ -280,6 +300,9 @@ def test_budget_is_never_overspent_even_transiently(xsp_stack: Stack) -> None:
         assert spent + in_flight <= 100_000_000
     assert rows[-1]["state"]["spent_total"] == 100_000_000
     assert peak == 100_000_000
+    # Under at-least-once one envelope carries a batch's requests of all partitions.
+    spans = admitted_batch_partitions(xsp_stack)
+    assert max(len(span) for span in spans) > 1, "every AdmittedBatch held one partition"
 
 
 def test_replay_rebuilds_byte_identical_tables(xsp_stack: Stack, tmp_path: Path) -> None:
