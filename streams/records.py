@@ -699,10 +699,10 @@ class AdmittedBatch(_Record):
     """The Admitted requests of one campaign that admit handled together (``budget-requests``).
 
     admit takes its input in batches and sends one of these per campaign (and,
-    under exactly-once, source partition) instead of one message per request, so the budget agent
-    reserves many requests in one Faust event and one row write. The items
-    keep admit's processing order, and every item names ``campaign_id`` (the
-    message key).
+    under exactly-once, source partition) instead of one message per request,
+    so the budget agent reserves many requests in one Faust event and one row
+    write. The items keep admit's processing order, and every item names
+    ``campaign_id`` (the message key).
     """
 
     KIND: ClassVar[str] = "AdmittedBatch"

@@ -64,7 +64,7 @@ async def running_app(
 ) -> AsyncIterator[InProcessApp]:
     """Yields once the source partition is assigned. The app never commits on its own
     (commit interval one hour): the test decides when. ``take_ready`` (max events,
-    gather seconds) makes the agent take batches and hold each until ``release``."""
+    window seconds) makes the agent take batches and hold each until ``release``."""
     source = f"{settings.topic_prefix}inprocess-source"
     output = f"{settings.topic_prefix}inprocess-output" if forward else None
     await create_xsp_topics(
@@ -86,9 +86,9 @@ async def running_app(
     running = InProcessApp(app=app, source=source, output=output)
     running.release.set()
 
-    async def record_batches(stream: Stream, max_events: int, gather_s: float) -> None:
+    async def record_batches(stream: Stream, max_events: int, window_s: float) -> None:
         running.stream = stream
-        async for events in stream.take_ready(max_events, gather_s):
+        async for events in stream.take_ready(max_events, window_s):
             offsets = [event.message.offset for event in events]
             running.batches.append(offsets)
             await running.release.wait()
