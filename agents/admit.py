@@ -112,6 +112,7 @@ def register(app: XspApp) -> None:
         # their outputs to the producer, and a commit drains the producer first,
         # so a batched send is as safe as one send per event (at least once).
         async for events in cast(Stream, stream).take_ready(BATCH_EVENTS, window_s):
+            metrics.observe_batch(STAGE, len(events))
             # A batch's rows and outputs go into one commit (streams/commit_gate.py).
             async with app.xsp_commit_gate.event():
                 last_event: dict[int, EventT] = {}

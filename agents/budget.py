@@ -101,6 +101,7 @@ def register(app: XspApp, resolver: ResolveStage | None) -> None:
         One bad item is dead-lettered with its own bytes; the others are still
         decided (``DeferredRowStore`` says why the held-back row stays exact).
         """
+        metrics.observe_batch(STAGE, len(items))
         deferred = DeferredRowStore(store)
         view, config = app.xsp_directory.view, app.xsp_pipeline
         wall_ms = int(event.message.timestamp * 1000)

@@ -54,6 +54,8 @@ __all__ = [
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Exactly-once commits hold the commit gate: milliseconds when healthy.
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+# Events handled together: admit takes up to 500, a batch message holds up to 200.
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 # A decision spans several Kafka hops plus the VAST chain.
 DECISION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -118,6 +120,15 @@ class Metrics:
             "and how long it held new events back (phase=held, the wait included).",
             ["phase"],
             buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.batch_events = Histogram(
+            "xsp_batch_events",
+            "Events an agent handled together: admit's takes (stage=admit) and the items "
+            "of the budget agent's batch messages (stage=budget). Small batches under "
+            "load mean a Kafka message and a Faust event per request.",
+            ["stage"],
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.reservations_open = Gauge(
@@ -248,6 +259,10 @@ class Metrics:
         """Record one exactly-once commit's wait for events and how long it held the gate."""
         self.commit_gate.labels(phase="wait").observe(waited_s)
         self.commit_gate.labels(phase="held").observe(held_s)
+
+    def observe_batch(self, stage: str, events: int) -> None:
+        """Record how many events ``stage`` handled together in one batch."""
+        self.batch_events.labels(stage=stage).observe(events)
 
     def observe_decision_latency(self, seconds: float) -> None:
         """Record the request-to-decision latency of one request (negative clamps to 0)."""

@@ -93,6 +93,10 @@ def test_resolutions_are_recorded_and_decide_each_request(xsp_stack: Stack) -> N
     assert samples[("xsp_vast_errors_total", (("code", "302"),))] == 3
     assert samples[("xsp_vast_errors_total", (("code", "100"),))] == 3
     assert samples[("xsp_spend_micros_total", (("campaign", "chain-ok"),))] == 7_500_000
+    # Batch sizes: admit took every request (and its ticks); the budget agent's batch
+    # messages held each request twice, once admitted and once resolved.
+    assert samples[("xsp_batch_events_sum", (("stage", "admit"),))] >= len(requests)
+    assert samples[("xsp_batch_events_sum", (("stage", "budget"),))] == 2 * len(requests)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # gauges follow on the budget agent's ticks
         samples = scrape(f"{xsp_stack.worker_url(worker)}/metrics")

@@ -21,6 +21,7 @@ EXPECTED_FAMILIES = {
     "xsp_http_hop_duration_seconds": ("histogram", {"hop"}),
     "xsp_decision_latency_seconds": ("histogram", set()),
     "xsp_commit_gate_seconds": ("histogram", {"phase"}),
+    "xsp_batch_events": ("histogram", {"stage"}),
     "xsp_reservations_open": ("gauge", {"table"}),
     "xsp_reservations_expired": ("counter", {"table"}),
     "xsp_resolve_queue": ("gauge", {"state"}),
@@ -70,7 +71,8 @@ def test_names_follow_prometheus_conventions() -> None:
         assert re.fullmatch(r"xsp_[a-z][a-z0-9_]*", family.name), family.name
         assert family.documentation, f"{family.name} has no help text"
         if family.type == "histogram":
-            assert family.name.endswith("_seconds"), f"{family.name}: durations in seconds"
+            # Durations in seconds, or sizes counted in events (their unit).
+            assert family.name.endswith(("_seconds", "_events")), f"{family.name}: no unit"
         # Non-base units must not sneak in.
         assert not re.search(r"_(ms|milliseconds|minutes|hours|bytes_kb)$", family.name)
     names = metrics.sample_names()
@@ -204,3 +206,15 @@ def test_commit_gate_phases_are_observed_separately() -> None:
     assert sample(metrics, "xsp_commit_gate_seconds_sum", phase="held") == 0.015
     assert sample(metrics, "xsp_commit_gate_seconds_bucket", phase="wait", le="0.005") == 2
     assert sample(metrics, "xsp_commit_gate_seconds_bucket", phase="held", le="0.005") == 1
+
+
+def test_batch_sizes_are_observed_by_stage() -> None:
+    metrics = Metrics()
+    metrics.observe_batch("admit", 1)
+    metrics.observe_batch("admit", 37)
+    metrics.observe_batch("budget", 200)
+    assert sample(metrics, "xsp_batch_events_count", stage="admit") == 2
+    assert sample(metrics, "xsp_batch_events_sum", stage="admit") == 38
+    assert sample(metrics, "xsp_batch_events_bucket", stage="admit", le="1.0") == 1
+    assert sample(metrics, "xsp_batch_events_bucket", stage="admit", le="50.0") == 2
+    assert sample(metrics, "xsp_batch_events_bucket", stage="budget", le="100.0") == 0
