@@ -346,7 +346,7 @@ class _Producer(faust_aiokafka.Producer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         settings = getattr(self.app, "xsp_settings", None)
-        if settings is not None and settings.processing_guarantee == "at_least_once":
+        if settings is not None and not settings.exactly_once:
             self.buffer.max_messages = PRODUCER_BUFFER_MAX_MESSAGES
 
 
