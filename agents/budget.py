@@ -26,6 +26,7 @@ from agents.wiring import Router, TableStore, dead_letter, prune_on_tick
 from streams.app import XspApp
 from streams.faust_router import partition_of
 from streams.metrics import Metrics
+from streams.pending import PendingIndex
 from streams.pipeline import (
     DeadLetterError,
     DeferredRowStore,
@@ -79,6 +80,24 @@ def _report_budgets(
     metrics.set_reservations_open(STAGE, sum(open_by_partition.values()))
 
 
+def _follow_reserved(
+    pending: PendingIndex, admissions: Sequence[Admitted], outputs: Sequence[Output]
+) -> None:
+    """Index the reservations an Admitted message made (each sends its request to resolve)."""
+    sent = {output.key for output in outputs if output.route == "resolve"}
+    now_ms = int(time.time() * 1000)
+    for admitted in admissions:
+        if admitted.request.request_id in sent:
+            pending.reserved(admitted.campaign_id, admitted.request.request_id, now_ms)
+
+
+def _follow_settled(pending: PendingIndex, resolutions: Sequence[Resolution]) -> None:
+    """Unindex what a Resolutions message settled (whatever the outcome: the table decides)."""
+    for resolution in resolutions:
+        if resolution.campaign_id is not None:
+            pending.settled(resolution.campaign_id, resolution.request_id)
+
+
 def register(app: XspApp, resolver: ResolveStage | None) -> None:
     """Attach the ``budget`` agent to ``app``; reserved requests go to ``resolver``.
 
@@ -88,9 +107,9 @@ def register(app: XspApp, resolver: ResolveStage | None) -> None:
     router = Router(app, STAGE, resolver.submit if resolver is not None else None)
     metrics = app.xsp_metrics
     partitions = app.xsp_settings.partitions
-    # Processing time each pending reservation was first seen (not table state:
-    # it is this worker's clock, and only decides when to write an ExpireCommand).
-    pending_since: dict[tuple[str, str], int] = {}
+    # What this worker waits on and since when (not table state: it is this
+    # worker's clock, and only decides when to write an ExpireCommand).
+    pending = PendingIndex()
     open_by_partition: dict[int, int] = {}
 
     async def handle_each(
@@ -138,20 +157,24 @@ def register(app: XspApp, resolver: ResolveStage | None) -> None:
             if kind == "resolutions":
                 batch = decode_or_dead_letter(Resolutions, message.value)
                 outputs = await handle_each(event, batch.items, handle_resolution)
+                _follow_settled(pending, batch.items)
             elif kind == "admitted_batch":
                 admissions = decode_or_dead_letter(AdmittedBatch, message.value)
                 outputs = await handle_each(event, admissions.items, handle_admitted)
+                _follow_reserved(pending, admissions.items, outputs)
             elif kind == "resolution":  # one per message, as older logs hold them
                 resolution = decode_or_dead_letter(Resolution, message.value)
                 outputs = handle_resolution(
                     store, resolution, view, config, wall_ms=wall_ms, position=position
                 )
+                _follow_settled(pending, [resolution])
             elif kind == "spend":
                 spend = decode_or_dead_letter(SpendEvent, message.value)
                 outputs = handle_spend(store, spend, config, wall_ms=wall_ms, position=position)
             elif kind == "expire":
                 command = decode_or_dead_letter(ExpireCommand, message.value)
                 outputs = handle_expire(store, command, config, position=position)
+                pending.settled(command.campaign_id, command.request_id)
                 if outputs:
                     metrics.reservations_expired_inc(STAGE)
             elif kind == "tick":
@@ -163,13 +186,14 @@ def register(app: XspApp, resolver: ResolveStage | None) -> None:
                 ]
                 # Expiry is decided on this worker's clock and written to the log.
                 now_ms = int(time.time() * 1000)
-                outputs = plan_expiry(store, mine, pending_since, now_ms, config)
+                outputs = plan_expiry(store, mine, pending, now_ms, config)
                 _report_budgets(store, mine, view, metrics, message.partition, open_by_partition)
             else:  # one Admitted per message, as older logs hold them
                 admitted = decode_or_dead_letter(Admitted, message.value)
                 outputs = handle_admitted(
                     store, admitted, view, config, wall_ms=wall_ms, position=position
                 )
+                _follow_reserved(pending, [admitted], outputs)
         except DeadLetterError as exc:
             await dead_letter(app, event, STAGE, str(exc))
             return []

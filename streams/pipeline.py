@@ -49,6 +49,7 @@ from streams import caps as caps_logic
 from streams import json_codec
 from streams.campaign import Campaign
 from streams.campaign_directory import DirectoryView
+from streams.pending import PendingIndex
 from streams.records import (
     MAX_ADMITTED_PER_MESSAGE,
     Admitted,
@@ -1183,48 +1184,58 @@ def handle_spend(
 def plan_expiry(
     store: RowStore,
     campaign_ids: Iterable[str],
-    pending_since: dict[tuple[str, str], int],
+    pending: PendingIndex,
     now_wall_ms: int,
     config: PipelineConfig,
 ) -> list[Output]:
     """budget (on a tick): ExpireCommands for reservations pending longer than the TTL.
 
-    ``pending_since`` maps (campaign id, request id) → the processing time
-    this worker first saw the reservation pending; it lives in the agent, not
-    the table (a worker that takes over a partition starts the clock afresh,
-    which only delays expiry). A tick covers the campaigns of its partition
-    only, so only their entries are forgotten when no longer pending: the
-    agent handles every partition's ticks with one ``pending_since``, and
-    forgetting the other partitions' entries restarted their clocks on every
-    tick, so that with more than one partition per worker nothing ever expired
-    (found in session 13). Reads rows, writes none; emits one command per
-    reservation. The command lands in the log after any Resolution that was
-    already produced, so a late but real resolution still wins.
+    ``pending`` is the agent's index of what it is waiting on and since when
+    (processing time: it lives in the agent, not the table; a worker that
+    takes over a partition starts the clock afresh, which only delays
+    expiry). A campaign's ``p:`` entries are listed only when the index
+    cannot be trusted (``PendingIndex.needs_listing``), and each reservation
+    the index calls overdue is checked against the table before its
+    command is written, so a wrong index delays an expiry but never expires
+    a settled request. A tick covers the campaigns of its partition only:
+    the agent handles every partition's ticks with one index (forgetting the
+    other partitions' clocks on every tick meant that with more than one
+    partition per worker nothing ever expired, found in session 13). Reads
+    rows, writes none; emits one command per reservation. The command lands
+    in the log after any Resolution that was already produced, so a late but
+    real resolution still wins.
     """
     outputs: list[Output] = []
-    covered = list(campaign_ids)
-    live: set[tuple[str, str]] = set()
-    for cid in covered:
+    for cid in campaign_ids:
         row_key = _campaign_key(cid)
         row = _load(store, row_key)
-        if row is None or not row.get("pending_count"):
+        count = row.get("pending_count", 0) if row else 0
+        if count <= 0:
+            pending.listed(cid, (), now_wall_ms)
             continue
-        prefix = _pending_key(row_key, "")
-        for key, raw in store.scan(prefix):
-            entry = _committed(json_codec.loads(raw), row.get("seq", 0))
+        seq = row.get("seq", 0) if row else 0
+        if pending.needs_listing(cid, count, now_wall_ms):
+            pending.listed(cid, _listed_pending(store, row_key, seq), now_wall_ms)
+        for rid in pending.overdue(cid, now_wall_ms, config.budget_ttl_ms):
+            entry = _committed(_load(store, _pending_key(row_key, rid)), seq)
             if entry is None or not _is_pending(entry):
+                pending.settled(cid, rid)  # the index was wrong; the count check relists
                 continue
-            rid = key[len(prefix) :]
-            live.add((cid, rid))
-            since = pending_since.setdefault((cid, rid), now_wall_ms)
-            if since >= 0 and now_wall_ms - since >= config.budget_ttl_ms:
-                command = ExpireCommand(campaign_id=cid, request_id=rid, timestamp=now_wall_ms)
-                outputs.append(Output("budget", cid, encode(command)))
-                pending_since[(cid, rid)] = -1  # sent once; the log does the rest
-    checked = set(covered)
-    for seen in [s for s in pending_since if s[0] in checked and s not in live]:
-        del pending_since[seen]
+            command = ExpireCommand(campaign_id=cid, request_id=rid, timestamp=now_wall_ms)
+            outputs.append(Output("budget", cid, encode(command)))
+            pending.planned(cid, rid)
     return outputs
+
+
+def _listed_pending(store: RowStore, row_key: str, row_seq: int) -> list[str]:
+    """The request ids of a campaign's committed pending reservations, from its ``p:`` keys."""
+    prefix = _pending_key(row_key, "")
+    ids = []
+    for key, raw in store.scan(prefix):
+        entry = _committed(json_codec.loads(raw), row_seq)
+        if entry is not None and _is_pending(entry):
+            ids.append(key[len(prefix) :])
+    return ids
 
 
 def handle_expire(

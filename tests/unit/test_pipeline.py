@@ -17,6 +17,7 @@ from agents.wiring import owned_by
 from streams.campaign import parse_campaign
 from streams.campaign_directory import DirectoryView
 from streams.faust_router import partition_of
+from streams.pending import PendingIndex
 from streams.pipeline import (
     DeadLetterError,
     DeferredRowStore,
@@ -237,7 +238,7 @@ def test_no_fill_releases_budget_and_cap_slot() -> None:
     assert sum(d.spend_micros for d in p.decisions) == 2_500_000
 
 
-def expire_stuck(p: Pipeline, since: dict[tuple[str, str], int], now_wall: int) -> None:
+def expire_stuck(p: Pipeline, since: PendingIndex, now_wall: int) -> None:
     """What the budget agent does on a tick: plan ExpireCommands, then apply them from the log."""
     for out in plan_expiry(p.campaigns, ["c1"], since, now_wall, CONFIG):
         p.route(handle_expire(p.campaigns, decode(ExpireCommand, out.value), CONFIG))
@@ -247,7 +248,7 @@ def test_expired_reservation_times_out_and_a_late_fill_is_not_charged() -> None:
     p = Pipeline(directory(campaign(budget={"total": "2.5", "timezone": "UTC"})))
     p.request("r1")
     pending = list(p.resolve_queue)
-    since: dict[tuple[str, str], int] = {}
+    since = PendingIndex()
     expire_stuck(p, since, T0)  # first sight: the clock starts
     expire_stuck(p, since, T0 + 4_000)
     assert p.decisions == []
@@ -283,12 +284,87 @@ def test_ticks_of_other_partitions_do_not_restart_the_expiry_clock() -> None:
     """
     p = Pipeline(directory(campaign()))
     p.request("r1")
-    since: dict[tuple[str, str], int] = {}
+    since = PendingIndex()
     commands = []
     for now in range(T0, T0 + 6_000, 500):
         assert plan_expiry(p.campaigns, ["c-elsewhere"], since, now, CONFIG) == []
         commands += plan_expiry(p.campaigns, ["c1"], since, now + 250, CONFIG)
     assert [decode(ExpireCommand, c.value).request_id for c in commands] == ["r1"]
+
+
+class ScanCountingStore(DictStore):
+    """A DictStore that counts prefix scans (listings of a campaign's entries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scans = 0
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        self.scans += 1
+        return super().scan(prefix)
+
+
+def commanded(outputs: list[Output]) -> list[str]:
+    return [decode(ExpireCommand, out.value).request_id for out in outputs]
+
+
+def test_a_tick_lists_a_campaign_only_when_its_index_cannot_be_trusted() -> None:
+    """Listing reads every request of the last hour; a tick must not do it each second."""
+    p = Pipeline(directory(campaign()))
+    p.campaigns = ScanCountingStore()
+    for i in range(4):
+        p.request(f"r{i}", user=f"u{i}")
+    p.resolve_queue = p.resolve_queue[:3]
+    p.resolve_all()  # r0-r2 settled: their entries stay for the dedupe horizon
+    index = PendingIndex(rescan_ms=60_000)
+    assert plan_expiry(p.campaigns, ["c1"], index, T0, CONFIG) == []
+    assert p.campaigns.scans == 1  # never listed: list
+    for now in range(T0 + 1_000, T0 + 5_000, 1_000):
+        assert plan_expiry(p.campaigns, ["c1"], index, now, CONFIG) == []
+    assert p.campaigns.scans == 1  # the index holds r3, the row counts one
+    p.request("r4", user="u4")  # reserved, but nobody told the index
+    assert commanded(plan_expiry(p.campaigns, ["c1"], index, T0 + 5_000, CONFIG)) == ["r3"]
+    assert p.campaigns.scans == 2  # two pending, one held: list again
+    assert plan_expiry(p.campaigns, ["c1"], index, T0 + 6_000, CONFIG) == []
+    assert p.campaigns.scans == 2
+    assert commanded(plan_expiry(p.campaigns, ["c1"], index, T0 + 65_000, CONFIG)) == ["r4"]
+    assert p.campaigns.scans == 3  # the last listing is a minute old: list again
+
+
+def test_an_index_that_missed_a_settle_never_expires_the_settled_request() -> None:
+    """Equal counts, different ids: what the index calls overdue is checked in the table."""
+    p = Pipeline(directory(campaign()))
+    p.request("r1", user="u1")
+    p.request("r2", user="u2")
+    index = PendingIndex()
+    assert plan_expiry(p.campaigns, ["c1"], index, T0, CONFIG) == []  # lists r1, r2
+    p.resolve_queue = p.resolve_queue[:1]
+    p.resolve_all()  # r1 settled behind the index's back
+    p.request("r3", user="u3")  # and r3 reserved: still two pending
+    assert commanded(plan_expiry(p.campaigns, ["c1"], index, T0 + 5_000, CONFIG)) == ["r2"]
+    assert commanded(plan_expiry(p.campaigns, ["c1"], index, T0 + 5_500, CONFIG)) == []
+    assert commanded(plan_expiry(p.campaigns, ["c1"], index, T0 + 10_500, CONFIG)) == ["r3"]
+    assert [d.status for d in p.decisions] == [DecisionStatus.FILLED]
+
+
+def test_the_index_keeps_clocks_and_planned_commands_across_a_listing() -> None:
+    index = PendingIndex()
+    index.reserved("c1", "a", 1_000)
+    index.reserved("c1", "b", 2_000)
+    index.reserved("c1", "a", 3_000)  # seen again: the clock keeps running
+    assert index.overdue("c1", 6_000, 5_000) == ["a"]
+    index.planned("c1", "a")
+    index.listed("c1", ["a", "b", "c"], 6_500)
+    assert index.overdue("c1", 7_000, 5_000) == ["b"]
+    assert index.overdue("c1", 11_500, 5_000) == ["b", "c"]
+    index.listed("c1", ["c"], 12_000)
+    assert index.held("c1") == 1
+    index.settled("c1", "c")
+    assert index.overdue("c1", 20_000, 5_000) == []
+    assert index.needs_listing("c1", 0, 20_000) is False
+    assert index.needs_listing("c1", 1, 20_000) is True  # the row counts one more
+    assert index.needs_listing("c1", 0, 72_000) is True  # listed a minute ago
+    assert index.needs_listing("c2", 0, 20_000) is True  # never listed
 
 
 def test_a_resolution_for_a_request_the_budget_refused_makes_no_second_decision() -> None:
@@ -328,7 +404,7 @@ def test_a_resolution_logged_before_the_expire_command_still_fills() -> None:
     """Under backlog the command is written after the resolution: the log order decides."""
     p = Pipeline(directory(campaign()))
     p.request("r1")
-    since: dict[tuple[str, str], int] = {}
+    since = PendingIndex()
     plan_expiry(p.campaigns, ["c1"], since, T0, CONFIG)
     commands = plan_expiry(p.campaigns, ["c1"], since, T0 + 60_000, CONFIG)
     p.resolve_all()  # already in the log ahead of the command
@@ -343,7 +419,7 @@ def test_a_redelivered_expire_command_resends_its_timeout_decision() -> None:
     command is read again from the committed offset and must not stay silent."""
     p = Pipeline(directory(campaign()))
     p.request("r1", ts=T0)
-    since: dict[tuple[str, str], int] = {}
+    since = PendingIndex()
     plan_expiry(p.campaigns, ["c1"], since, T0, CONFIG)
     [command] = plan_expiry(p.campaigns, ["c1"], since, T0 + 60_000, CONFIG)
     expire = decode(ExpireCommand, command.value)
