@@ -30,7 +30,7 @@ lint: setup
 test: lint
 	$(BIN)/pytest
 
-# All three benchmarks, full size. The edge benchmark's baseline (the seed's
+# All four benchmarks, full size. The edge benchmark's baseline (the seed's
 # design: counters in Redis) needs redis-server from Debian's packages.
 bench: setup
 	command -v redis-server >/dev/null || apt-get install -y -qq redis-server \
@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.bench_resolve
 	$(BIN)/python -m benchmarks.bench_pipeline
 	$(BIN)/python -m benchmarks.bench_edge
+	$(BIN)/python -m benchmarks.bench_expiry
 
 clean:
 	rm -rf $(VENV) .xsp .pytest_cache
