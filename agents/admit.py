@@ -29,14 +29,13 @@ from streams.faust_stream import Stream
 from streams.pipeline import (
     DeadLetterError,
     Output,
-    decode_or_dead_letter,
     exhausted_campaigns,
     handle_ad_request,
     handle_campaign_status,
     handle_frequency_settle,
     pack_admissions,
 )
-from streams.records import CampaignStatus, ContractError, FrequencySettle, message_kind
+from streams.records import CampaignStatus, ContractError, FrequencySettle, kind_of, parse
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +65,24 @@ def register(app: XspApp) -> None:
         metrics.event_in(STAGE, message.topic)
         config = app.xsp_pipeline
         try:
-            kind = message_kind(message.value or b"")
+            obj = parse(message.value)
+            kind = kind_of(obj)
             # The broker timestamp is recorded with the message: replays see it too.
             wall_ms = int(message.timestamp * 1000)
             if kind == "frequency_settle":
-                settle = decode_or_dead_letter(FrequencySettle, message.value)
+                settle = FrequencySettle.from_dict(obj)
                 return handle_frequency_settle(
                     store, settle, config, wall_ms=wall_ms, position=(message.offset, 0)
                 )
             if kind == "campaign_status":
-                status = decode_or_dead_letter(CampaignStatus, message.value)
+                status = CampaignStatus.from_dict(obj)
                 handle_campaign_status(store, status, message.partition)
                 return []
             if kind == "tick":
                 prune_on_tick(store, message, config, partitions)
                 return []
             request = validate_ad_request(
-                message.value,
+                obj,
                 now_ms=int(time.time() * 1000),
                 max_future_skew_ms=settings.max_future_skew_ms,
             )

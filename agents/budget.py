@@ -32,7 +32,6 @@ from streams.pipeline import (
     DeferredRowStore,
     Output,
     budget_snapshot,
-    decode_or_dead_letter,
     handle_admitted,
     handle_expire,
     handle_resolution,
@@ -43,12 +42,14 @@ from streams.pipeline import (
 from streams.records import (
     Admitted,
     AdmittedBatch,
+    ContractError,
     ExpireCommand,
     Resolution,
     Resolutions,
     SpendEvent,
     encode,
-    message_kind,
+    kind_of,
+    parse,
 )
 
 log = logging.getLogger(__name__)
@@ -150,29 +151,30 @@ def register(app: XspApp, resolver: ResolveStage | None) -> None:
         view = app.xsp_directory.view
         config = app.xsp_pipeline
         try:
-            kind = message_kind(message.value or b"")
+            obj = parse(message.value)
+            kind = kind_of(obj)
             # The broker timestamp is recorded with the message: replays see it too.
             wall_ms = int(message.timestamp * 1000)
             position = (message.offset, 0)
             if kind == "resolutions":
-                batch = decode_or_dead_letter(Resolutions, message.value)
+                batch = Resolutions.from_dict(obj)
                 outputs = await handle_each(event, batch.items, handle_resolution)
                 _follow_settled(pending, batch.items)
             elif kind == "admitted_batch":
-                admissions = decode_or_dead_letter(AdmittedBatch, message.value)
+                admissions = AdmittedBatch.from_dict(obj)
                 outputs = await handle_each(event, admissions.items, handle_admitted)
                 _follow_reserved(pending, admissions.items, outputs)
             elif kind == "resolution":  # one per message, as older logs hold them
-                resolution = decode_or_dead_letter(Resolution, message.value)
+                resolution = Resolution.from_dict(obj)
                 outputs = handle_resolution(
                     store, resolution, view, config, wall_ms=wall_ms, position=position
                 )
                 _follow_settled(pending, [resolution])
             elif kind == "spend":
-                spend = decode_or_dead_letter(SpendEvent, message.value)
+                spend = SpendEvent.from_dict(obj)
                 outputs = handle_spend(store, spend, config, wall_ms=wall_ms, position=position)
             elif kind == "expire":
-                command = decode_or_dead_letter(ExpireCommand, message.value)
+                command = ExpireCommand.from_dict(obj)
                 outputs = handle_expire(store, command, config, position=position)
                 pending.settled(command.campaign_id, command.request_id)
                 if outputs:
@@ -189,12 +191,12 @@ def register(app: XspApp, resolver: ResolveStage | None) -> None:
                 outputs = plan_expiry(store, mine, pending, now_ms, config)
                 _report_budgets(store, mine, view, metrics, message.partition, open_by_partition)
             else:  # one Admitted per message, as older logs hold them
-                admitted = decode_or_dead_letter(Admitted, message.value)
+                admitted = Admitted.from_dict(obj)
                 outputs = handle_admitted(
                     store, admitted, view, config, wall_ms=wall_ms, position=position
                 )
                 _follow_reserved(pending, [admitted], outputs)
-        except DeadLetterError as exc:
+        except (ContractError, DeadLetterError) as exc:
             await dead_letter(app, event, STAGE, str(exc))
             return []
         except Exception as exc:

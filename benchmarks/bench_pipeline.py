@@ -81,7 +81,7 @@ from streams.faust_router import partition_of
 from streams.kafka_io import create_topics, create_xsp_topics
 from streams.kafka_local import LocalKafka
 from streams.pipeline import PipelineConfig, handle_ad_request
-from streams.records import AdRequest, encode
+from streams.records import AdRequest, encode, parse
 from streams.replay import changelog_topic
 from streams.settings import Settings, SettingsError
 from streams.topics import TopicNames
@@ -846,7 +846,7 @@ def _user_rows(
     """
     store = _DictStore()
     request = validate_ad_request(
-        _request(rid, user, SEED_CAMPAIGN, ts), now_ms=ts, max_future_skew_ms=0
+        parse(_request(rid, user, SEED_CAMPAIGN, ts)), now_ms=ts, max_future_skew_ms=0
     )
     outputs = handle_ad_request(store, request, view, config, wall_ms=ts + _ADMIT_DELAY_MS)
     if [o.route for o in outputs] != ["budget"]:

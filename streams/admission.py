@@ -1,23 +1,23 @@
-"""Validation of raw ad-request bytes: the pure half of the ``admit`` stage."""
+"""Validation of an ad request from the wire: the pure half of the ``admit`` stage."""
 
 from __future__ import annotations
 
-from streams.records import AdRequest, ContractError, decode
+from typing import Any
+
+from streams.records import AdRequest, ContractError
 
 __all__ = ["validate_ad_request"]
 
 
-def validate_ad_request(raw: bytes | None, *, now_ms: int, max_future_skew_ms: int) -> AdRequest:
-    """Decode and check one ad request from the wire.
+def validate_ad_request(obj: dict[str, Any], *, now_ms: int, max_future_skew_ms: int) -> AdRequest:
+    """Build and check one ad request from its JSON object (``records.parse`` of the bytes).
 
     Returns the request, or raises ``ContractError`` with a one-line reason.
     Beyond the contract, a timestamp more than ``max_future_skew_ms`` ahead of
     ``now_ms`` is refused: event time drives windows and budgets, so a clock
     far in the future would open windows no honest request could reach.
     """
-    if raw is None:
-        raise ContractError("empty message (tombstone) on the ad-requests topic")
-    request = decode(AdRequest, raw)
+    request = AdRequest.from_dict(obj)
     if request.timestamp > now_ms + max_future_skew_ms:
         ahead_s = (request.timestamp - now_ms) / 1000
         raise ContractError(

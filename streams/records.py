@@ -44,7 +44,9 @@ __all__ = [
     "admitted_batch_bytes",
     "decode",
     "encode",
+    "kind_of",
     "message_kind",
+    "parse",
     "request_id_in",
     "resolutions_in",
     "unbatched",
@@ -74,8 +76,19 @@ def encode(record: _Record) -> bytes:
     return json_codec.dumps(record.to_dict())
 
 
-def decode(cls: type[R], raw: bytes | str) -> R:
+def decode(cls: type[R], raw: bytes | str | None) -> R:
     """Parse ``raw`` JSON into ``cls``; raise ``ContractError`` with the reason if invalid."""
+    return cls.from_dict(parse(raw))
+
+
+def parse(raw: bytes | str | None) -> dict[str, Any]:
+    """The JSON object ``raw`` holds; ``ContractError`` with the reason if it holds none.
+
+    An agent that must see a message's ``kind`` before it knows the record's
+    class parses once with this and builds the record with ``from_dict``.
+    """
+    if raw is None:
+        raise ContractError("empty message (tombstone)")
     try:
         obj = json_codec.loads(raw)
     except json_codec.JSONDecodeError as exc:
@@ -89,7 +102,7 @@ def decode(cls: type[R], raw: bytes | str) -> R:
         ) from None
     if not isinstance(obj, dict):
         raise ContractError(f"expected a JSON object, got {type(obj).__name__}")
-    return cls.from_dict(obj)
+    return obj
 
 
 R = TypeVar("R", bound="_Record")
@@ -961,11 +974,15 @@ def resolutions_in(obj: object) -> list[dict[str, Any]]:
     return [item for kind, item in unbatched(obj) if kind == "resolution"]
 
 
-def message_kind(raw: bytes) -> str | None:
-    """The ``kind`` of an internal-topic record without a full decode (None if absent)."""
+def message_kind(raw: bytes | None) -> str | None:
+    """The ``kind`` of an internal-topic record (None if absent or not a JSON object)."""
     try:
-        obj = json_codec.loads(raw)
-    except json_codec.JSONDecodeError:
+        return kind_of(parse(raw))
+    except ContractError:
         return None
-    kind = obj.get("kind") if isinstance(obj, dict) else None
+
+
+def kind_of(obj: dict[str, Any]) -> str | None:
+    """The ``kind`` field of a parsed record (None if absent or not a string)."""
+    kind = obj.get("kind")
     return kind if isinstance(kind, str) else None
