@@ -111,6 +111,8 @@ def register(app: XspApp, resolver: ResolveStage | None) -> None:
     # What this worker waits on and since when (not table state: it is this
     # worker's clock, and only decides when to write an ExpireCommand).
     pending = PendingIndex()
+    if resolver is not None:
+        resolver.on_delivered = pending.settling
     open_by_partition: dict[int, int] = {}
 
     async def handle_each(

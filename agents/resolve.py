@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -219,6 +220,9 @@ class ResolveStage:
         self.metrics = app.xsp_metrics
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
         self.busy = 0
+        # Told (campaign id, request id) once a Resolution is in budget-requests:
+        # the budget agent then writes no ExpireCommand for it (streams/pending.py).
+        self.on_delivered: Callable[[str, str], None] | None = None
 
     def submit(self, encoded_request: bytes) -> None:
         """Queue one ``ResolveRequest`` (its canonical bytes, as the budget agent made it)."""
@@ -295,6 +299,8 @@ class ResolveStage:
                 exc,
             )
             return
+        if self.on_delivered is not None and resolution.campaign_id is not None:
+            self.on_delivered(resolution.campaign_id, resolution.request_id)
         self.metrics.event_out(STAGE, self.names.budget_requests)
         if resolution.vast_error_code is not None:
             self.metrics.vast_error(resolution.vast_error_code)

@@ -1223,7 +1223,7 @@ def plan_expiry(
                 continue
             command = ExpireCommand(campaign_id=cid, request_id=rid, timestamp=now_wall_ms)
             outputs.append(Output("budget", cid, encode(command)))
-            pending.planned(cid, rid)
+            pending.settling(cid, rid)
     return outputs
 
 

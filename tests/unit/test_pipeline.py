@@ -347,13 +347,31 @@ def test_an_index_that_missed_a_settle_never_expires_the_settled_request() -> No
     assert [d.status for d in p.decisions] == [DecisionStatus.FILLED]
 
 
-def test_the_index_keeps_clocks_and_planned_commands_across_a_listing() -> None:
+def test_a_delivered_resolution_is_not_expired_while_it_waits_in_the_log() -> None:
+    """Under a backlog a Resolution may reach the budget agent after the TTL: no command then."""
+    p = Pipeline(directory(campaign()))
+    p.request("r1", user="u1")
+    p.request("r2", user="u2")
+    index = PendingIndex()
+    index.reserved("c1", "r1", T0)
+    index.reserved("c1", "r2", T0)
+    index.settling("c1", "r1")  # its Resolution is in budget-requests
+    index.settling("c1", "r9")  # an id not held (already settled) is not taken up
+    assert index.held("c1") == 2
+    assert commanded(plan_expiry(p.campaigns, ["c1"], index, T0 + 60_000, CONFIG)) == ["r2"]
+    assert commanded(plan_expiry(p.campaigns, ["c1"], index, T0 + 61_000, CONFIG)) == []
+    p.resolve_queue = p.resolve_queue[:1]
+    p.resolve_all()
+    assert [d.status for d in p.decisions] == [DecisionStatus.FILLED]
+
+
+def test_the_index_keeps_clocks_and_settling_marks_across_a_listing() -> None:
     index = PendingIndex()
     index.reserved("c1", "a", 1_000)
     index.reserved("c1", "b", 2_000)
     index.reserved("c1", "a", 3_000)  # seen again: the clock keeps running
     assert index.overdue("c1", 6_000, 5_000) == ["a"]
-    index.planned("c1", "a")
+    index.settling("c1", "a")
     index.listed("c1", ["a", "b", "c"], 6_500)
     assert index.overdue("c1", 7_000, 5_000) == ["b"]
     assert index.overdue("c1", 11_500, 5_000) == ["b", "c"]
