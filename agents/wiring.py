@@ -213,9 +213,8 @@ class Router:
             self.metrics.event_out(self.agent, topic.get_topic_name())
             if output.status is not None:
                 self.metrics.decision(output.status)
-                if output.status == "filled":
-                    decision = json_codec.loads(output.value)
-                    self.metrics.spent(decision["campaign_id"], decision["spend_micros"])
+                if output.status == "filled" and output.campaign_id is not None:
+                    self.metrics.spent(output.campaign_id, output.spend_micros)
                 if output.event_time_ms:
                     age_s = time.time() - output.event_time_ms / 1000
                     self.metrics.observe_decision_latency(max(age_s, 0.0))

@@ -130,7 +130,11 @@ class RowStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """One message a handler wants sent; ``topic`` is set only for decisions (reply topic)."""
+    """One message a handler wants sent; ``topic`` is set only for decisions (reply topic).
+
+    A decision also carries, for the worker's metrics, its status, event
+    time, campaign and spend: what the router counts without decoding it.
+    """
 
     route: Route
     key: str
@@ -138,6 +142,8 @@ class Output:
     topic: str | None = None
     status: str | None = None
     event_time_ms: int | None = None
+    campaign_id: str | None = None
+    spend_micros: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +419,8 @@ def _decision(
         topic=reply_to,
         status=status.value,
         event_time_ms=decided_at,
+        campaign_id=campaign_id,
+        spend_micros=spend_micros,
     )
 
 
@@ -974,6 +982,8 @@ def _resend(prior: dict[str, Any], user_id: str, reply_to: str | None) -> list[O
             topic=reply_to,
             status=decision["status"],
             event_time_ms=decision["decided_at"],
+            campaign_id=decision.get("campaign_id"),
+            spend_micros=decision.get("spend_micros", 0),
         ),
     ]
 
