@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Literal
 
 from streams import json_codec
@@ -77,7 +78,14 @@ STATE_VERSION = 1
 
 def day_key(ts_ms: int, tz_name: str) -> str:
     """ISO date (``YYYY-MM-DD``) of ``ts_ms`` in ``tz_name``; sorts chronologically."""
-    return datetime.fromtimestamp(ts_ms // 1000, load_zone(tz_name)).date().isoformat()
+    return _day_of_second(ts_ms // 1000, tz_name)
+
+
+@lru_cache(maxsize=1024)
+def _day_of_second(second: int, tz_name: str) -> str:
+    # A request's handling asks for the same second's day several times, and a
+    # burst's requests share their seconds: a zone lookup and a datetime each.
+    return datetime.fromtimestamp(second, load_zone(tz_name)).date().isoformat()
 
 
 def _previous_day(key: str) -> str:
