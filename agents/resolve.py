@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
@@ -211,14 +212,18 @@ class ResolveStage:
     while it restarts, wait too). Guarantee: every submitted request is
     resolved and its Resolution delivered to ``budget-requests``, unless the
     process dies, a stop does not let it finish within the resolve deadline,
-    or the delivery fails (logged); then its reservation expires.
+    the delivery fails (logged), or it waited in the queue for the reservation
+    TTL (counted in ``xsp_resolve_skipped_total``); then its reservation expires.
     """
 
     def __init__(self, app: XspApp) -> None:
         self.settings = app.xsp_settings
         self.names = app.xsp_topics.names
         self.metrics = app.xsp_metrics
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        # (monotonic time it was submitted, the encoded ResolveRequest)
+        self.queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        # A request that waited this long is being expired by the budget agent.
+        self.stale_after_s = self.settings.reservation_ttl_ms / 1000
         self.busy = 0
         # Told (campaign id, request id) once a Resolution is in budget-requests:
         # the budget agent then writes no ExpireCommand for it (streams/pending.py).
@@ -226,7 +231,7 @@ class ResolveStage:
 
     def submit(self, encoded_request: bytes) -> None:
         """Queue one ``ResolveRequest`` (its canonical bytes, as the budget agent made it)."""
-        self.queue.put_nowait(encoded_request)
+        self.queue.put_nowait((time.monotonic(), encoded_request))
         self._report()
 
     def _report(self) -> None:
@@ -273,7 +278,17 @@ class ResolveStage:
 
     async def _work(self, client: VastHttpClient, outbox: _Outbox) -> None:
         while True:
-            encoded = await self.queue.get()
+            submitted, encoded = await self.queue.get()
+            if time.monotonic() - submitted >= self.stale_after_s:
+                # Its reservation is past the TTL: the budget agent expires it
+                # (a timeout decision) whatever a resolution would say, so the
+                # ad server is not asked. Under overload this keeps the stage on
+                # requests someone still waits for instead of working through a
+                # backlog nobody does.
+                self.metrics.resolve_skipped("stale")
+                self.queue.task_done()
+                self._report()
+                continue
             self.busy += 1
             self._report()
             try:

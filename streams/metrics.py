@@ -152,6 +152,13 @@ class Metrics:
         )
         self._resolve_waiting = self.resolve_queue.labels(state="waiting")
         self._resolve_resolving = self.resolve_queue.labels(state="resolving")
+        self.resolve_skips = Counter(
+            "xsp_resolve_skipped_total",
+            "Reserved requests the resolve stage dropped without asking an ad server, "
+            "by reason (stale: queued past the reservation TTL, so expiry decides them).",
+            ["reason"],
+            registry=r,
+        )
         self.table_keys = Gauge(
             "xsp_table_keys",
             "Keys in a table on this worker's assigned partitions, by table.",
@@ -302,6 +309,10 @@ class Metrics:
         # Set per request: the children are looked up once (labels() costs microseconds).
         self._resolve_waiting.set(waiting)
         self._resolve_resolving.set(resolving)
+
+    def resolve_skipped(self, reason: str) -> None:
+        """Count one request the resolve stage dropped unresolved (``stale``: past the TTL)."""
+        self.resolve_skips.labels(reason=reason).inc()
 
     def set_table_keys(self, table: str, count: int) -> None:
         """Set the number of keys of ``table`` held by this worker."""

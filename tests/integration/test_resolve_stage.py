@@ -269,3 +269,61 @@ def _get_json(url: str) -> dict[str, object]:
 
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
+
+
+def test_a_request_that_queued_past_the_ttl_is_not_resolved(xsp_stack: Stack) -> None:
+    """Overload: one resolver, 1.4-second chains, five requests at once, a 2 s TTL.
+
+    The first two start within the TTL; the others would start after it, when
+    the budget agent is expiring their reservations anyway, so the stage drops
+    them instead of asking the ad server for ads nobody waits for. Each request
+    still gets exactly one decision and the money ends exact.
+    """
+    slow = campaign(xsp_stack, "crowded", vast_url=f"{xsp_stack.ad_server}/inline?delay_ms=1400")
+    xsp_stack.put_campaigns([slow, campaign(xsp_stack, "fast")])
+    worker = xsp_stack.start_worker(
+        resolve_concurrency=1, vast_timeout_s=1.5, reservation_ttl_ms=2000
+    )
+    now = int(time.time() * 1000)
+    warm = AdRequest(
+        request_id="warm", user_id="user-warm", timestamp=now, params={"campaign_id": "fast"}
+    )
+    send_requests(xsp_stack, [warm])
+    await_decisions(xsp_stack, {"warm"}, timeout_s=90)
+    requests = [
+        AdRequest(
+            request_id=f"crowded-{i}",
+            user_id=f"user-crowded-{i}",
+            timestamp=now,
+            params={"campaign_id": "crowded"},
+        )
+        for i in range(5)
+    ]
+    send_requests(xsp_stack, requests)
+    ids = {r.request_id for r in requests}
+
+    decisions = await_decisions(xsp_stack, ids, timeout_s=90)
+    for rid in ids:
+        assert all(d == decisions[rid][0] for d in decisions[rid]), decisions[rid]
+    deadline = time.monotonic() + 30
+    while True:  # until the stage has dealt with every request it was given
+        samples = scrape(f"{xsp_stack.worker_url(worker)}/metrics")
+        states = [("xsp_resolve_queue", (("state", s),)) for s in ("waiting", "resolving")]
+        if all(samples.get(state) == 0 for state in states):
+            break
+        assert time.monotonic() < deadline, samples
+        time.sleep(0.2)
+    resolved = ids & _resolved_ids(xsp_stack)
+    # Without the drop the one resolver works through all five (7 s of chains).
+    assert 1 <= len(resolved) <= 2, resolved
+    for rid in ids - resolved:
+        assert decisions[rid][0].status == DecisionStatus.TIMEOUT, decisions[rid]
+    filled = [rid for rid in ids if decisions[rid][0].status == DecisionStatus.FILLED]
+    assert set(filled) <= resolved
+    url = f"{xsp_stack.worker_url(worker)}/xsp/v1/budget/crowded"
+    deadline = time.monotonic() + 30
+    while (budget := _get_json(url))["reserved_micros"] != 0:
+        assert time.monotonic() < deadline, budget
+        time.sleep(0.5)
+    assert budget["spent_micros"] == 2_500_000 * len(filled), budget
+    assert samples[("xsp_resolve_skipped_total", (("reason", "stale"),))] == 5 - len(resolved)
