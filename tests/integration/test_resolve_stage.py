@@ -212,27 +212,7 @@ def _slow_chains_in_flight(stack: Stack) -> tuple[Any, set[str]]:
     not redo the Admitted messages: what happens to the chains is up to the
     resolve stage of the worker that holds them.
     """
-    # Below the fetcher's 1.5 s per-hop timeout: the chains end in a fill.
-    slow = campaign(stack, "slow", vast_url=f"{stack.ad_server}/inline?delay_ms=1400")
-    stack.put_campaigns([slow, campaign(stack, "fast")])
-    worker = stack.start_worker(commit_interval_ms=200)
-    now = int(time.time() * 1000)
-    warm = AdRequest(
-        request_id="warm", user_id="user-warm", timestamp=now, params={"campaign_id": "fast"}
-    )
-    send_requests(stack, [warm])
-    await_decisions(stack, {"warm"}, timeout_s=90)
-    requests = [
-        AdRequest(
-            request_id=f"slow-{i}",
-            user_id=f"user-slow-{i}",
-            timestamp=now,
-            params={"campaign_id": "slow"},
-        )
-        for i in range(3)
-    ]
-    send_requests(stack, requests)
-    ids = {r.request_id for r in requests}
+    worker, ids = _slow_requests(stack, "slow", 3, commit_interval_ms=200)
     deadline = time.monotonic() + 30
     while not ids <= set(admitted := _admitted_at(stack)):
         assert time.monotonic() < deadline, "the budget agent never saw the requests"
@@ -243,6 +223,33 @@ def _slow_chains_in_flight(stack: Stack) -> tuple[Any, set[str]]:
     mid_chain_s = max(admitted[rid] for rid in ids) / 1000 + 0.7
     time.sleep(max(0.0, mid_chain_s - time.time()))
     return worker, ids
+
+
+def _slow_requests(
+    stack: Stack, name: str, count: int, **worker_settings: Any
+) -> tuple[Any, set[str]]:
+    """A warmed-up worker, then ``count`` requests for campaign ``name``, whose ads take 1.4 s."""
+    # Below the fetcher's 1.5 s per-hop timeout: the chains end in a fill.
+    slow = campaign(stack, name, vast_url=f"{stack.ad_server}/inline?delay_ms=1400")
+    stack.put_campaigns([slow, campaign(stack, "fast")])
+    worker = stack.start_worker(**worker_settings)
+    now = int(time.time() * 1000)
+    warm = AdRequest(
+        request_id="warm", user_id="user-warm", timestamp=now, params={"campaign_id": "fast"}
+    )
+    send_requests(stack, [warm])
+    await_decisions(stack, {"warm"}, timeout_s=90)
+    requests = [
+        AdRequest(
+            request_id=f"{name}-{i}",
+            user_id=f"user-{name}-{i}",
+            timestamp=now,
+            params={"campaign_id": name},
+        )
+        for i in range(count)
+    ]
+    send_requests(stack, requests)
+    return worker, {r.request_id for r in requests}
 
 
 def _resolved_ids(stack: Stack) -> set[str]:
@@ -279,28 +286,9 @@ def test_a_request_that_queued_past_the_ttl_is_not_resolved(xsp_stack: Stack) ->
     them instead of asking the ad server for ads nobody waits for. Each request
     still gets exactly one decision and the money ends exact.
     """
-    slow = campaign(xsp_stack, "crowded", vast_url=f"{xsp_stack.ad_server}/inline?delay_ms=1400")
-    xsp_stack.put_campaigns([slow, campaign(xsp_stack, "fast")])
-    worker = xsp_stack.start_worker(
-        resolve_concurrency=1, vast_timeout_s=1.5, reservation_ttl_ms=2000
+    worker, ids = _slow_requests(
+        xsp_stack, "crowded", 5, resolve_concurrency=1, vast_timeout_s=1.5, reservation_ttl_ms=2000
     )
-    now = int(time.time() * 1000)
-    warm = AdRequest(
-        request_id="warm", user_id="user-warm", timestamp=now, params={"campaign_id": "fast"}
-    )
-    send_requests(xsp_stack, [warm])
-    await_decisions(xsp_stack, {"warm"}, timeout_s=90)
-    requests = [
-        AdRequest(
-            request_id=f"crowded-{i}",
-            user_id=f"user-crowded-{i}",
-            timestamp=now,
-            params={"campaign_id": "crowded"},
-        )
-        for i in range(5)
-    ]
-    send_requests(xsp_stack, requests)
-    ids = {r.request_id for r in requests}
 
     decisions = await_decisions(xsp_stack, ids, timeout_s=90)
     for rid in ids:
