@@ -219,9 +219,15 @@ def _slow_chains_in_flight(stack: Stack) -> tuple[Any, set[str]]:
         time.sleep(0.1)
     # Halfway through the chains (timed from the Admitted messages, not from
     # this loop, which reads the whole topic): offsets committed (every 200 ms),
-    # Resolutions not yet sent.
-    mid_chain_s = max(admitted[rid] for rid in ids) / 1000 + 0.7
-    time.sleep(max(0.0, mid_chain_s - time.time()))
+    # Resolutions not yet sent. The commit is waited for, not assumed: a test run
+    # that stopped the worker before it had committed the Admitted messages saw
+    # the next worker resolve a request again (an identical second decision).
+    last_admitted_s = max(admitted[rid][2] for rid in ids) / 1000
+    needed = {(p, o + 1) for rid, (p, o, _) in admitted.items() if rid in ids}
+    while not asyncio.run(_committed_past(stack, needed)):
+        assert time.time() < last_admitted_s + 1.1, "Admitted offsets not committed mid-chain"
+        time.sleep(0.05)
+    time.sleep(max(0.0, last_admitted_s + 0.7 - time.time()))
     return worker, ids
 
 
@@ -259,16 +265,37 @@ def _resolved_ids(stack: Stack) -> set[str]:
     }
 
 
-def _admitted_at(stack: Stack) -> dict[str | None, int]:
-    """Request id -> the broker timestamp (ms) of the message that admitted it to budget."""
+def _admitted_at(stack: Stack) -> dict[str | None, tuple[int, int, int]]:
+    """Request id -> (partition, offset, broker timestamp in ms) of the message admitting it."""
     log = asyncio.run(read_topic(stack.settings.bootstrap_servers, stack.names.budget_requests))
     return {
-        request_id_in(item): m.timestamp
+        request_id_in(item): (m.partition, m.offset, m.timestamp)
         for m in log
         if m.value
         for kind, item in unbatched(json.loads(m.value))
         if kind == "admitted"
     }
+
+
+async def _committed_past(stack: Stack, needed: set[tuple[int, int]]) -> bool:
+    """Whether the workers' group has committed each (partition, offset) of budget-requests."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=stack.settings.bootstrap_servers,
+        group_id=stack.settings.app_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        for partition, offset in needed:
+            tp = TopicPartition(stack.names.budget_requests, partition)
+            committed = await consumer.committed(tp)
+            if committed is None or committed < offset:
+                return False
+        return True
+    finally:
+        await consumer.stop()
 
 
 def _get_json(url: str) -> dict[str, object]:
