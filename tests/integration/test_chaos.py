@@ -90,8 +90,8 @@ class Killer(threading.Thread):
 # 11's seek fix. Exactly-once failed 3 of 11 runs in session 13 (a request with two
 # different decisions); its causes, a stray Resolution of an aborted reservation and
 # a commit that fell between an event's outputs and its buffered table rows, are
-# fixed (streams/commit_gate.py): 24 of 24 runs in session 14, 10 of 10 in session 15
-# (README "Known limits").
+# fixed (streams/commit_gate.py): 24 of 24 runs in session 14, 10 of 10 in session 15,
+# 9 of 9 in session 16 (README "Known limits").
 @pytest.mark.parametrize(
     ("store", "guarantee"),
     [
