@@ -35,7 +35,7 @@ _SETTLING = -1
 @dataclass(slots=True)
 class _Campaign:
     # Request id -> processing time (ms) it was first known pending, or _SETTLING.
-    # Insertion order is (nearly) that time's order: ``due`` stops at the first
+    # Insertion order is (nearly) that time's order: ``overdue`` stops at the first
     # entry that is not old enough.
     since: dict[str, int] = field(default_factory=dict)
     listed_at_ms: int | None = None

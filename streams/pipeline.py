@@ -1218,12 +1218,12 @@ def plan_expiry(
     outputs: list[Output] = []
     for cid in campaign_ids:
         row_key = _campaign_key(cid)
-        row = _load(store, row_key)
-        count = row.get("pending_count", 0) if row else 0
+        row = _load(store, row_key) or {}
+        count = row.get("pending_count", 0)
         if count <= 0:
             pending.listed(cid, (), now_wall_ms)
             continue
-        seq = row.get("seq", 0) if row else 0
+        seq = row.get("seq", 0)
         if pending.needs_listing(cid, count, now_wall_ms):
             pending.listed(cid, _listed_pending(store, row_key, seq), now_wall_ms)
         for rid in pending.overdue(cid, now_wall_ms, config.budget_ttl_ms):
@@ -1300,9 +1300,8 @@ def budget_snapshot(store: RowStore, campaign: Campaign, now_ms: int) -> dict[st
 
 
 def decode_or_dead_letter(cls: type[R], raw: bytes | None) -> R:
-    """Decode an internal-topic record; malformed input becomes a ``DeadLetterError``."""
-    if raw is None:
-        raise DeadLetterError("empty message (tombstone)")
+    """Decode an internal-topic record; malformed input (a tombstone too) becomes a
+    ``DeadLetterError`` with ``records.parse``'s reason."""
     try:
         return decode(cls, raw)
     except ContractError as exc:

@@ -45,7 +45,6 @@ __all__ = [
     "decode",
     "encode",
     "kind_of",
-    "message_kind",
     "parse",
     "request_id_in",
     "resolutions_in",
@@ -972,14 +971,6 @@ def unbatched(obj: object) -> list[tuple[str, dict[str, Any]]]:
 def resolutions_in(obj: object) -> list[dict[str, Any]]:
     """The Resolution dicts a decoded ``budget-requests`` message carries (none if another kind)."""
     return [item for kind, item in unbatched(obj) if kind == "resolution"]
-
-
-def message_kind(raw: bytes | None) -> str | None:
-    """The ``kind`` of an internal-topic record (None if absent or not a JSON object)."""
-    try:
-        return kind_of(parse(raw))
-    except ContractError:
-        return None
 
 
 def kind_of(obj: dict[str, Any]) -> str | None:

@@ -25,7 +25,8 @@ from streams.records import (
     DecisionStatus,
     decode,
     encode,
-    message_kind,
+    kind_of,
+    parse,
     request_id_in,
     unbatched,
 )
@@ -66,13 +67,14 @@ def admitted_batch_partitions(stack: Stack) -> list[set[int]]:
         read_topic(stack.settings.bootstrap_servers, stack.names.budget_requests, timeout_s=30)
     )
     partitions = stack.settings.partitions
+    batches = [
+        AdmittedBatch.from_dict(obj)
+        for obj in (parse(m.value) for m in messages if m.value)
+        if kind_of(obj) == "admitted_batch"
+    ]
     return [
         {partition_of(a.request.user_id.encode(), partitions) for a in batch.items}
-        for batch in (
-            decode(AdmittedBatch, m.value or b"")
-            for m in messages
-            if message_kind(m.value or b"") == "admitted_batch"
-        )
+        for batch in batches
     ]
 
 
