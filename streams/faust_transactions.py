@@ -69,7 +69,10 @@ class TransactionLost(RuntimeError):
 
 
 async def drain(producer: Any) -> None:
-    """Return once every message handed to Faust's producer so far is acked by the broker.
+    """Return once every message handed to Faust's producer before the call is acked.
+
+    Messages handed over while the drain waits are not waited for.
+    ``producer`` is xsp's (``streams.faust_transport``), whose ``flush`` is this.
 
     The buffer's sender pops a message before it hands it to aiokafka, and
     the hand-over can take several loop turns (a loaded worker, a metadata
@@ -81,18 +84,30 @@ async def drain(producer: Any) -> None:
     again and got a second, different decision. Under at-least-once the same
     gap let an offset commit pass writes that a SIGKILL then lost.
     ``_count_buffer_sends`` makes the buffer count those hand-overs.
+
+    The buffer hands messages over one at a time in the order they came, so
+    the drain waits for as many hand-overs as there were messages buffered or
+    on their way when it was called. Until session 17 it waited for an empty
+    buffer instead; the agents refill it as fast as it empties under a
+    sustained burst, and a commit then waited 10-18 s, long enough for the
+    commit guard to take the partitions for stuck and ask for a rebalance
+    that re-processed every message since the last commit.
     """
     buffer = producer.buffer
-    while buffer.size or getattr(buffer, "xsp_sending", 0):
-        if buffer.size:
-            await buffer.flush()
-        else:
-            await asyncio.sleep(0.001)
-    await producer.flush()
+    handed = _handed_over(buffer)
+    target = handed + buffer.size + getattr(buffer, "xsp_sending", 0)
+    while _handed_over(buffer) < target:
+        await asyncio.sleep(0.001)
+    await producer.flush_handed_over()
+
+
+def _handed_over(buffer: Any) -> int:
+    handed: int = getattr(buffer, "xsp_handed_over", 0)
+    return handed
 
 
 def _count_buffer_sends() -> None:
-    """Make Faust's producer buffer count the messages it has popped but not yet handed over."""
+    """Make Faust's producer buffer count its hand-overs: those begun and those finished."""
     original = ProducerBuffer._send_pending
     if getattr(original, "xsp_counted", False):
         return
@@ -103,6 +118,7 @@ def _count_buffer_sends() -> None:
             await original(self, fut)
         finally:
             self.xsp_sending -= 1
+            self.xsp_handed_over = getattr(self, "xsp_handed_over", 0) + 1
 
     send_pending.xsp_counted = True  # type: ignore[attr-defined]
     ProducerBuffer._send_pending = send_pending  # type: ignore[method-assign]
