@@ -79,7 +79,7 @@ def register(app: XspApp) -> None:
                 handle_campaign_status(store, status, message.partition)
                 return []
             if kind == "tick":
-                prune_on_tick(store, message, config, partitions)
+                prune_on_tick(store, message, config, partitions, metrics, "frequency")
                 return []
             request = validate_ad_request(
                 obj,

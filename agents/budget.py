@@ -182,7 +182,7 @@ def register(app: XspApp, resolver: ResolveStage | None) -> None:
                 if outputs:
                     metrics.reservations_expired_inc(STAGE)
             elif kind == "tick":
-                prune_on_tick(store, message, config, partitions)
+                prune_on_tick(store, message, config, partitions, metrics, "budget")
                 mine = [
                     cid
                     for cid in view.campaigns

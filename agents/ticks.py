@@ -2,8 +2,8 @@
 
 Every ``XSP_TICK_INTERVAL_S`` each worker sends a Tick to every partition of
 ``budget-requests`` (so reservations of campaigns with no traffic still
-expire and their requests get a ``timeout`` decision) and, once a minute, a
-pruning Tick to every partition of ``budget-requests`` and ``ad-requests``
+expire and their requests get a ``timeout`` decision) and, first and then once a
+minute, a pruning Tick to every partition of ``budget-requests`` and ``ad-requests``
 (so outcome records older than the dedupe horizon are forgotten). Ticks
 travel through Kafka rather than being handled in the timer because a table
 may only be written while processing an event of its partition; and because
@@ -46,7 +46,10 @@ def register(app: XspApp) -> None:
     async def ticks() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
         await producer.start()
-        last_prune = time.monotonic()
+        # The first tick prunes: a pruning tick reads a partition's records only
+        # until it knows their oldest (streams/record_floor.py), and that first read
+        # is cheapest now, before traffic, instead of a minute into it.
+        last_prune = time.monotonic() - PRUNE_EVERY_S
         try:
             while True:
                 await asyncio.sleep(settings.tick_interval_s)

@@ -23,13 +23,18 @@ from streams import json_codec
 from streams.app import XspApp
 from streams.faust_router import partition_of
 from streams.key_groups import GroupedDict
+from streams.metrics import Metrics
 from streams.pipeline import (
+    RECORD_PREFIXES,
     Output,
     PipelineConfig,
     decode_or_dead_letter,
+    prune_cutoff,
     prune_records,
+    record_time,
     row_owner,
 )
+from streams.record_floor import RecordFloor
 from streams.records import DeadLetter, Tick, encode, request_id_in
 
 __all__ = ["Router", "TableStore", "dead_letter", "owned_by", "processing", "prune_on_tick"]
@@ -46,6 +51,12 @@ class TableStore:
 
     def __init__(self, table: TableT) -> None:
         self.table = table
+        self.record_floor = RecordFloor()
+
+    def generation(self) -> int:
+        """The consumer generation: a rebalance (and so any restore of rows) starts a new one."""
+        generation: int = self.table.app.consumer_generation_id
+        return generation
 
     def get(self, key: str) -> bytes | None:
         value = self.table.get(key.encode())
@@ -53,6 +64,11 @@ class TableStore:
 
     def put(self, key: str, value: bytes) -> None:
         self.table[key.encode()] = value
+        if key.startswith(RECORD_PREFIXES):
+            event = current_event()
+            if event is not None:
+                at = record_time(json_codec.loads(value))
+                self.record_floor.written(event.message.partition, self.generation(), at)
 
     def delete(self, key: str) -> None:
         encoded = key.encode()
@@ -121,19 +137,33 @@ def owned_by(partition: int, partitions: int) -> Callable[[str], bool]:
     return owns
 
 
-def prune_on_tick(store: TableStore, message: Any, config: PipelineConfig, partitions: int) -> None:
+def prune_on_tick(
+    store: TableStore,
+    message: Any,
+    config: PipelineConfig,
+    partitions: int,
+    metrics: Metrics,
+    table: str,
+) -> None:
     """A tick message: forget the tick partition's outcome records past the horizon.
 
     The tick's time is its broker timestamp, recorded with the message, so a
-    replay prunes at the same place in the log.
+    replay prunes at the same place in the log. A tick that cannot find a
+    record past the horizon (``streams.record_floor``) does not read the
+    records; either way exactly the records past the horizon are deleted.
     """
     tick = decode_or_dead_letter(Tick, message.value)
-    prune_records(
-        store,
-        Tick(timestamp=int(message.timestamp * 1000), prune=tick.prune),
-        config,
-        owned_by(message.partition, partitions),
-    )
+    if not tick.prune:
+        return
+    tick = Tick(timestamp=int(message.timestamp * 1000), prune=True)
+    partition: int = message.partition
+    generation = store.generation()
+    if store.record_floor.nothing_before(partition, generation, prune_cutoff(tick, config)):
+        metrics.prune_tick(table, scanned=False)
+        return
+    pruned = prune_records(store, tick, config, owned_by(partition, partitions))
+    store.record_floor.scanned(partition, generation, pruned.oldest_left_ms)
+    metrics.prune_tick(table, scanned=True)
 
 
 def _request_id(raw: bytes | None) -> str | None:

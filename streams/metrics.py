@@ -159,6 +159,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.prune_ticks = Counter(
+            "xsp_prune_ticks_total",
+            "Pruning ticks by table and result (scanned: outcome records read to find "
+            "those past the dedupe horizon; skipped: none could be, so none were read).",
+            ["table", "result"],
+            registry=r,
+        )
         self.table_keys = Gauge(
             "xsp_table_keys",
             "Keys in a table on this worker's assigned partitions, by table.",
@@ -313,6 +320,10 @@ class Metrics:
     def resolve_skipped(self, reason: str) -> None:
         """Count one request the resolve stage dropped unresolved (``stale``: past the TTL)."""
         self.resolve_skips.labels(reason=reason).inc()
+
+    def prune_tick(self, table: str, scanned: bool) -> None:
+        """Count one pruning tick of ``table``: whether it read the partition's records."""
+        self.prune_ticks.labels(table=table, result="scanned" if scanned else "skipped").inc()
 
     def set_table_keys(self, table: str, count: int) -> None:
         """Set the number of keys of ``table`` held by this worker."""

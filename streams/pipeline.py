@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from streams import budget as budget_logic
 from streams import caps as caps_logic
@@ -71,11 +71,13 @@ from streams.records import (
 )
 
 __all__ = [
+    "RECORD_PREFIXES",
     "DeadLetterError",
     "DeferredRowStore",
     "Output",
     "PipelineConfig",
     "Position",
+    "Pruned",
     "RowStore",
     "budget_snapshot",
     "decode_or_dead_letter",
@@ -91,7 +93,9 @@ __all__ = [
     "pack_admissions",
     "pending_reservations",
     "plan_expiry",
+    "prune_cutoff",
     "prune_records",
+    "record_time",
     "row_owner",
 ]
 
@@ -348,12 +352,37 @@ def row_owner(table_key: str) -> str | None:
     return None
 
 
+RECORD_PREFIXES = ("r:", "s:", "p:")
+
+
+class Pruned(NamedTuple):
+    """What a pruning scan did: keys deleted, and the oldest record it left (None: none).
+
+    Pending reservations do not count as left: expiry, not pruning, ends them,
+    and their settle writes them again.
+    """
+
+    deleted: int
+    oldest_left_ms: int | None
+
+
+def record_time(value: dict[str, Any]) -> int:
+    """The time pruning reads from an outcome record (a record without one is stale)."""
+    at: int = value.get("at", 0)
+    return at
+
+
+def prune_cutoff(tick: Tick, config: PipelineConfig) -> int:
+    """Records older than this are past the horizon at ``tick``."""
+    return tick.timestamp - config.horizon_ms
+
+
 def prune_records(
     store: RowStore,
     tick: Tick,
     config: PipelineConfig,
     owns: Callable[[str], bool] | None = None,
-) -> int:
+) -> Pruned:
     """Forget outcome records (``r:``, ``s:``, settled ``p:`` entries) past the horizon.
 
     Only keys for which ``owns(key)`` holds are deleted. A worker's store
@@ -361,24 +390,30 @@ def prune_records(
     changelog partition of the tick being processed, so agents pass the
     tick's partition: a key deleted from another partition came back on the
     next restore (its own changelog still had it), and a replay pruned
-    whatever partitions that worker happened to hold.
+    whatever partitions that worker happened to hold. The oldest record left
+    counts every key the scan read, owned or not (a ``memory://`` store reads
+    them all): a bound for the tick's partition, if not the tightest.
     """
     if not tick.prune:
-        return 0
-    cutoff = tick.timestamp - config.horizon_ms
+        return Pruned(0, None)
+    cutoff = prune_cutoff(tick, config)
     stale = []
-    for prefix in ("r:", "s:", "p:"):
+    oldest_left: int | None = None
+    for prefix in RECORD_PREFIXES:
         for key, raw in store.scan(prefix):
             value = json_codec.loads(raw)
             if prefix == "p:" and _is_pending(value):
                 continue  # a pending reservation: expiry, not pruning, ends it
+            at = record_time(value)
             # Ownership last: it hashes the key (murmur2 in Python), and only
             # the few stale keys need it.
-            if value.get("at", 0) < cutoff and (owns is None or owns(key)):
+            if at < cutoff and (owns is None or owns(key)):
                 stale.append(key)
+            elif oldest_left is None or at < oldest_left:
+                oldest_left = at
     for key in stale:
         store.delete(key)
-    return len(stale)
+    return Pruned(len(stale), oldest_left)
 
 
 # --------------------------------------------------------------------------- decisions

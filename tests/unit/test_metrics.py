@@ -26,6 +26,7 @@ EXPECTED_FAMILIES = {
     "xsp_reservations_expired": ("counter", {"table"}),
     "xsp_resolve_queue": ("gauge", {"state"}),
     "xsp_resolve_skipped": ("counter", {"reason"}),
+    "xsp_prune_ticks": ("counter", {"table", "result"}),
     "xsp_table_keys": ("gauge", {"table"}),
     "xsp_consumer_lag": ("gauge", {"group", "topic", "partition"}),
     "xsp_consumer_committed_offset": ("gauge", {"group", "topic", "partition"}),

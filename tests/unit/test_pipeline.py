@@ -822,12 +822,14 @@ def test_pruning_forgets_old_records_only_in_the_ticks_partition() -> None:
 
     late = Tick(timestamp=T0 + CONFIG.horizon_ms + 1, prune=True)
     early = Tick(timestamp=T0 + CONFIG.horizon_ms - 1, prune=True)
-    assert prune_records(users, early, CONFIG, owned_by(0, 4)) == 0
+    assert prune_records(users, early, CONFIG, owned_by(0, 4)) == (0, T0)
     mine = [k for k in records if partition(k) == 0]
     assert 0 < len(mine) < 40
-    assert prune_records(users, late, CONFIG, owned_by(0, 4)) == len(mine)
+    # The other partitions' records are left, and bound the oldest left.
+    assert prune_records(users, late, CONFIG, owned_by(0, 4)) == (len(mine), T0)
     left = {k for k in users.data if k.startswith("r:")}
     assert left == {k for k in records if partition(k) != 0}
+    assert prune_records(users, late, CONFIG) == (40 - len(mine), None)
     # Rows themselves are never pruned.
     assert all(f"u:user-{i}" in users.data for i in range(40))
 
