@@ -18,6 +18,12 @@ turns in the same run:
   each tick, so every tick lists and decodes the campaign's entries;
 * ``index``: one index kept across ticks, as the agent keeps it.
 
+The same table also times a pruning tick (once a minute per partition) two
+ways: ``scan`` (the baseline, what every pruning tick did until session 17:
+read and decode every outcome record to find those past the horizon) and
+``floor`` (``RecordFloor``: a tick that cannot find one reads none). Here
+nothing is past the horizon, the common case.
+
 Prints a table (median ms per tick) and writes JSON. No target: the point
 is how each grows with N.
 """
@@ -43,13 +49,17 @@ from streams.pipeline import (
     handle_resolution,
     pending_reservations,
     plan_expiry,
+    prune_cutoff,
+    prune_records,
 )
+from streams.record_floor import RecordFloor
 from streams.records import (
     Admitted,
     AdPayload,
     AdRequest,
     DecisionStatus,
     Resolution,
+    Tick,
 )
 
 CAMPAIGN = "bench-c1"
@@ -134,6 +144,28 @@ def time_ticks(store: GroupedStore, ticks: int) -> dict[str, list[float]]:
     return samples
 
 
+def time_prune_ticks(store: GroupedStore, ticks: int) -> dict[str, list[float]]:
+    """Milliseconds per pruning tick with nothing past the horizon: scan against floor, in turns."""
+    floor, generation, partition = RecordFloor(), 1, 0
+    first = prune_records(store, Tick(timestamp=T0 + 60_000, prune=True), CONFIG)
+    floor.scanned(partition, generation, first.oldest_left_ms)
+    samples: dict[str, list[float]] = {"scan": [], "floor": []}
+    for n in range(ticks):
+        tick = Tick(timestamp=T0 + 120_000 + n * 60_000, prune=True)
+        for mode in ("scan", "floor") if n % 2 == 0 else ("floor", "scan"):
+            started = time.perf_counter()
+            if mode == "scan" or not floor.nothing_before(
+                partition, generation, prune_cutoff(tick, CONFIG)
+            ):
+                pruned = prune_records(store, tick, CONFIG)
+                if pruned.deleted:
+                    raise RuntimeError(f"{mode}: a tick within the horizon deleted records")
+                if mode == "floor":
+                    raise RuntimeError("the floor did not rule the tick out")
+            samples[mode].append((time.perf_counter() - started) * 1000)
+    return samples
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the tables, time the ticks, print the table and write the JSON."""
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
@@ -143,14 +175,23 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [1_000, 10_000, 30_000] if args.quick else [1_000, 10_000, 100_000]
     ticks = 10 if args.quick else 30
     rows: list[dict[str, Any]] = []
-    header = ("settled requests", "listing ms/tick", "index ms/tick", "ratio")
-    print("{:>18s} {:>16s} {:>14s} {:>8s}".format(*header))
+    header = (
+        "settled requests",
+        "listing ms/tick",
+        "index ms/tick",
+        "ratio",
+        "prune scan ms",
+        "prune floor ms",
+    )
+    print("{:>18s} {:>16s} {:>14s} {:>8s} {:>14s} {:>15s}".format(*header))
     for size in sizes:
         started = time.perf_counter()
         store = build(size)
         build_s = time.perf_counter() - started
         samples = time_ticks(store, ticks)
         listing, index = (statistics.median(samples[m]) for m in ("listing", "index"))
+        prune_samples = time_prune_ticks(store, ticks)
+        scan, floor = (statistics.median(prune_samples[m]) for m in ("scan", "floor"))
         rows.append(
             {
                 "settled": size,
@@ -159,12 +200,18 @@ def main(argv: list[str] | None = None) -> int:
                 "listing_ms": listing,
                 "index_ms": index,
                 "samples_ms": samples,
+                "prune_scan_ms": scan,
+                "prune_floor_ms": floor,
+                "prune_samples_ms": prune_samples,
             }
         )
-        print(f"{size:>18,d} {listing:>16.3f} {index:>14.4f} {listing / index:>7.0f}x")
+        print(
+            f"{size:>18,d} {listing:>16.3f} {index:>14.4f} {listing / index:>7.0f}x"
+            f" {scan:>14.3f} {floor:>15.4f}"
+        )
     print(
         f"(median of {ticks} ticks each, taking turns; one campaign, {PENDING} reservations"
-        " in flight; a worker ticks every partition once a second)"
+        " in flight; a worker ticks every partition once a second, and prunes once a minute)"
     )
     out = args.json_out or Path("bench-results") / (
         "bench_expiry-quick.json" if args.quick else "bench_expiry.json"
