@@ -97,6 +97,10 @@ async def drain(producer: Any) -> None:
     handed = _handed_over(buffer)
     target = handed + buffer.size + getattr(buffer, "xsp_sending", 0)
     while _handed_over(buffer) < target:
+        if buffer.should_stop:
+            # Its sender is gone: what it still holds will never be sent, and a
+            # commit must not pass it (Faust's flush raised here too).
+            raise RuntimeError("cannot drain: the producer buffer has stopped")
         await asyncio.sleep(0.001)
     await producer.flush_handed_over()
 

@@ -107,3 +107,22 @@ def test_drain_returns_while_sends_go_on_after_it_began() -> None:
     assert len(flushed_with) == 1
     assert flushed_with[0][:2] == ["before-1", "before-2"]
     assert left_in_buffer > 0  # the drain really returned with the burst still buffered
+
+
+def test_drain_refuses_when_the_buffer_has_stopped_with_messages_in_it() -> None:
+    """Nobody will send them: the commit must fail rather than wait forever or pass them."""
+
+    async def scenario() -> str:
+        handed_over: list[str] = []
+        buffer = _buffer()
+        producer = _Producer(buffer, handed_over)
+        await buffer.start()
+        await buffer.stop()
+        _put(buffer, _SlowChannel(handed_over, turns=1), "never-sent")
+        try:
+            await asyncio.wait_for(drain(producer), timeout=5)
+        except RuntimeError as exc:
+            return str(exc)
+        return "drained"
+
+    assert asyncio.run(scenario()) == "cannot drain: the producer buffer has stopped"
