@@ -29,8 +29,7 @@ from streams.pipeline import (
     Output,
     PipelineConfig,
     decode_or_dead_letter,
-    prune_cutoff,
-    prune_records,
+    prune_unless_floor,
     record_time,
     row_owner,
 )
@@ -155,15 +154,16 @@ def prune_on_tick(
     tick = decode_or_dead_letter(Tick, message.value)
     if not tick.prune:
         return
-    tick = Tick(timestamp=int(message.timestamp * 1000), prune=True)
-    partition: int = message.partition
-    generation = store.generation()
-    if store.record_floor.nothing_before(partition, generation, prune_cutoff(tick, config)):
-        metrics.prune_tick(table, scanned=False)
-        return
-    pruned = prune_records(store, tick, config, owned_by(partition, partitions))
-    store.record_floor.scanned(partition, generation, pruned.oldest_left_ms)
-    metrics.prune_tick(table, scanned=True)
+    scanned = prune_unless_floor(
+        store,
+        Tick(timestamp=int(message.timestamp * 1000), prune=True),
+        config,
+        store.record_floor,
+        message.partition,
+        store.generation(),
+        owned_by(message.partition, partitions),
+    )
+    metrics.prune_tick(table, scanned=scanned)
 
 
 def _request_id(raw: bytes | None) -> str | None:

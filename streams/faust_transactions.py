@@ -94,20 +94,14 @@ async def drain(producer: Any) -> None:
     that re-processed every message since the last commit.
     """
     buffer = producer.buffer
-    handed = _handed_over(buffer)
-    target = handed + buffer.size + getattr(buffer, "xsp_sending", 0)
-    while _handed_over(buffer) < target:
+    target = buffer.xsp_handed_over + buffer.size + buffer.xsp_sending
+    while buffer.xsp_handed_over < target:
         if buffer.should_stop:
             # Its sender is gone: what it still holds will never be sent, and a
             # commit must not pass it (Faust's flush raised here too).
             raise RuntimeError("cannot drain: the producer buffer has stopped")
         await asyncio.sleep(0.001)
     await producer.flush_handed_over()
-
-
-def _handed_over(buffer: Any) -> int:
-    handed: int = getattr(buffer, "xsp_handed_over", 0)
-    return handed
 
 
 def _count_buffer_sends() -> None:
@@ -117,14 +111,17 @@ def _count_buffer_sends() -> None:
         return
 
     async def send_pending(self: Any, fut: Any) -> None:
-        self.xsp_sending = getattr(self, "xsp_sending", 0) + 1
+        self.xsp_sending += 1
         try:
             await original(self, fut)
         finally:
             self.xsp_sending -= 1
-            self.xsp_handed_over = getattr(self, "xsp_handed_over", 0) + 1
+            self.xsp_handed_over += 1
 
     send_pending.xsp_counted = True  # type: ignore[attr-defined]
+    # Class-level zeros: each buffer's first increment makes its own counter.
+    ProducerBuffer.xsp_sending = 0  # type: ignore[attr-defined]
+    ProducerBuffer.xsp_handed_over = 0  # type: ignore[attr-defined]
     ProducerBuffer._send_pending = send_pending  # type: ignore[method-assign]
 
 

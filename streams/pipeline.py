@@ -50,6 +50,7 @@ from streams import json_codec
 from streams.campaign import Campaign
 from streams.campaign_directory import DirectoryView
 from streams.pending import PendingIndex
+from streams.record_floor import RecordFloor
 from streams.records import (
     MAX_ADMITTED_PER_MESSAGE,
     Admitted,
@@ -93,8 +94,8 @@ __all__ = [
     "pack_admissions",
     "pending_reservations",
     "plan_expiry",
-    "prune_cutoff",
     "prune_records",
+    "prune_unless_floor",
     "record_time",
     "row_owner",
 ]
@@ -372,11 +373,6 @@ def record_time(value: dict[str, Any]) -> int:
     return at
 
 
-def prune_cutoff(tick: Tick, config: PipelineConfig) -> int:
-    """Records older than this are past the horizon at ``tick``."""
-    return tick.timestamp - config.horizon_ms
-
-
 def prune_records(
     store: RowStore,
     tick: Tick,
@@ -396,7 +392,7 @@ def prune_records(
     """
     if not tick.prune:
         return Pruned(0, None)
-    cutoff = prune_cutoff(tick, config)
+    cutoff = tick.timestamp - config.horizon_ms
     stale = []
     oldest_left: int | None = None
     for prefix in RECORD_PREFIXES:
@@ -414,6 +410,28 @@ def prune_records(
     for key in stale:
         store.delete(key)
     return Pruned(len(stale), oldest_left)
+
+
+def prune_unless_floor(
+    store: RowStore,
+    tick: Tick,
+    config: PipelineConfig,
+    floor: RecordFloor,
+    partition: int,
+    generation: int,
+    owns: Callable[[str], bool] | None = None,
+) -> bool:
+    """``prune_records`` for a pruning ``tick`` of ``partition``, unless ``floor`` shows
+    that none of its records can be past the horizon; returns whether it scanned.
+
+    Either way exactly the records past the horizon are deleted
+    (``streams.record_floor``); a scan resets the partition's floor.
+    """
+    if floor.nothing_before(partition, generation, tick.timestamp - config.horizon_ms):
+        return False
+    pruned = prune_records(store, tick, config, owns)
+    floor.scanned(partition, generation, pruned.oldest_left_ms)
+    return True
 
 
 # --------------------------------------------------------------------------- decisions
