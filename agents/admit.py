@@ -120,6 +120,7 @@ def register(app: XspApp) -> None:
                 for event in events:
                     with processing(event):
                         produced = await admit_one(event)
+                        await store.send_changelog()
                     group = event.message.partition if envelope_per_partition else 0
                     last_event[group] = event
                     outputs.setdefault(group, []).extend(produced)

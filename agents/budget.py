@@ -215,4 +215,6 @@ def register(app: XspApp, resolver: ResolveStage | None) -> None:
         async for event in stream.events():
             # Rows and outputs of one event go into one commit (streams/commit_gate.py).
             async with app.xsp_commit_gate.event():
-                await router.send(await budget_one(event))
+                outputs = await budget_one(event)
+                await store.send_changelog()
+                await router.send(outputs)
