@@ -10,6 +10,11 @@ Everything runs on 127.0.0.1 in one temporary folder, in one run:
    ``fetch_max_wait_ms=10``, producer ``linger_ms=2``, send every record, wait
    for the acks and commit once per fetched batch) over a pre-produced backlog:
    messages/s and CPU µs per message.
+1b. **floor** (``benchmarks.faust_floor``): one Faust agent with xsp's settings
+   and nothing else, in a worker process: CPU µs per event with one send, and
+   with one table write (xsp's way and Faust's). With the main burst's events
+   and changelog writes per decision, the least a decision can cost the
+   worker in this topology, whatever xsp's own code does.
 2. **peak**: one ``xsp worker`` (``--store``, default memory), warmed by one
    request, then N requests (many users, a few campaigns with a big budget and
    no caps, VAST ``{mock}/inline``: one hop) produced as one burst; decisions/s
@@ -73,6 +78,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from benchmarks.cpu import proc_cpu_s
+from benchmarks.faust_floor import bench_faust_floor, floor_ms_per_decision
 from streams.admission import validate_ad_request
 from streams.campaign_admin import put_campaigns
 from streams.campaign_directory import DirectoryView
@@ -100,6 +106,7 @@ class Plan:
     """Sizes of one run (full or --quick)."""
 
     ceiling_n: int
+    floor_n: int  # events through the minimal Faust agent, per mode
     pilot_n: int  # a first burst that sizes the main one
     peak_n: int  # at most this many requests in the main burst
     peak_target_s: float  # main burst sized to take about this long at the pilot's rate
@@ -111,8 +118,8 @@ class Plan:
     restore_budget_s: float  # wall time the worker's restore may take before we stop waiting
 
 
-FULL = Plan(60_000, 1_000, 20_000, 60.0, 10_000, 150.0, 15.0, 5.0, MILLION, 600.0)
-QUICK = Plan(20_000, 400, 3_000, 15.0, 2_000, 60.0, 5.0, 3.0, 100_000, 240.0)
+FULL = Plan(60_000, 20_000, 1_000, 20_000, 60.0, 10_000, 150.0, 15.0, 5.0, MILLION, 600.0)
+QUICK = Plan(20_000, 10_000, 400, 3_000, 15.0, 2_000, 60.0, 5.0, 3.0, 100_000, 240.0)
 
 
 # --------------------------------------------------------------------------- processes
@@ -357,6 +364,54 @@ async def bench_ceiling(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
         "msgs_per_s": done / elapsed if elapsed else None,
         "cpu_us_per_msg": cpu / done * 1e6 if done else None,
         "message_bytes": len(items[0][1]),
+    }
+
+
+def _run_floor(base: Settings, workdir: Path, run: str, n: int) -> dict[str, Any]:
+    """Phase 1b (``benchmarks.faust_floor``); a failure is reported, not fatal to the run."""
+    now = int(time.time() * 1000)
+    items = [
+        (f"u{i % 10_000}".encode(), _request(f"f-{i}", f"u{i % 10_000}", "bench-0", now))
+        for i in range(n)
+    ]
+    try:
+        floor = asyncio.run(bench_faust_floor(base, workdir, run, items))
+    except RuntimeError as exc:
+        _log(f"floor: failed: {exc}")
+        return {"error": str(exc)}
+    _log(
+        f"floor: {floor['send']['cpu_us_per_event']:.0f} µs per event with a send, "
+        f"+{floor['table_write_us']:.0f} µs per table write"
+    )
+    return floor
+
+
+def floor_model(
+    peak: dict[str, Any], floor: dict[str, Any], settings: Settings
+) -> dict[str, Any] | None:
+    """The burst's floor: its events and changelog writes per decision at the floor's prices.
+
+    Events are the messages the worker consumed (``ad-requests`` and
+    ``budget-requests``), writes every changelog message, both counted from
+    the topics' end offsets around the main burst. None without both phases.
+    """
+    got = peak.get("decided")
+    if not got or "error" in floor or "send" not in floor:
+        return None
+    by_topic: dict[str, int] = peak["messages_by_topic"]
+    names = TopicNames.from_prefix(settings.topic_prefix)
+    events = (by_topic.get(names.ad_requests, 0) + by_topic.get(names.budget_requests, 0)) / got
+    writes = sum(v for t, v in by_topic.items() if t.endswith("-changelog")) / got
+    floor_ms = floor_ms_per_decision(events, writes, floor)
+    worker_ms = peak.get("worker_cpu_ms_per_decision")
+    return {
+        "events_per_decision": events,
+        "changelog_writes_per_decision": writes,
+        "floor_ms_per_decision": floor_ms,
+        "floor_decisions_per_s": 1000 / floor_ms if floor_ms > 0 else None,
+        "worker_ms_per_decision": worker_ms,
+        "floor_share_of_worker": floor_ms / worker_ms if worker_ms else None,
+        "target_ms_per_decision": 1000 / TARGET_DPS,
     }
 
 
@@ -1242,6 +1297,34 @@ def _verdicts(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _floor_lines(floor: dict[str, Any] | None, model: dict[str, Any] | None) -> list[str]:
+    """Phase 1b's rows: the floor itself, then the burst's cost at the floor's prices."""
+    if not floor:
+        return []
+    if "error" in floor:
+        return [f"1b. floor    failed: {floor['error'].splitlines()[0]}"]
+    send, write, faust = floor["send"], floor["write"], floor["faust-write"]
+    lines = [
+        "1b. floor    one Faust agent with xsp's settings, nothing else (1 process, "
+        f"{send['events']} events per mode)",
+        f"            event + send {_fmt(send['cpu_us_per_event'])} µs CPU "
+        f"({_fmt(send['events_per_s'])} events/s); + xsp's table write "
+        f"{_fmt(write['cpu_us_per_event'])} µs ({_fmt(write['events_per_s'])} events/s); "
+        f"+ Faust's {_fmt(faust['cpu_us_per_event'])} µs ({_fmt(faust['events_per_s'])} events/s)",
+        f"            a table write: xsp's {_fmt(floor['table_write_us'])} µs, "
+        f"Faust's {_fmt(floor['faust_table_write_us'])} µs",
+    ]
+    if model:
+        lines.append(
+            f"            the burst below at these prices: {model['events_per_decision']:.2f} "
+            f"events + {model['changelog_writes_per_decision']:.2f} changelog writes per "
+            f"decision = {model['floor_ms_per_decision']:.2f} ms "
+            f"(at most {_fmt(model['floor_decisions_per_s'])} decisions/s on one core; "
+            f"{TARGET_DPS:,}/s needs <= {model['target_ms_per_decision']:.2f} ms)"
+        )
+    return lines
+
+
 def render(r: dict[str, Any]) -> str:
     ceil = r.get("ceiling", {})
     peak = r.get("peak", {})
@@ -1267,6 +1350,7 @@ def render(r: dict[str, Any]) -> str:
         f"            {_fmt(ceil.get('msgs_per_s'))} msgs/s, "
         f"{_fmt(ceil.get('cpu_us_per_msg'))} µs CPU/msg over {ceil.get('messages')} msgs"
     )
+    lines.extend(_floor_lines(r.get("faust_floor"), r.get("floor_model")))
     pilot = r.get("pilot", {})
     lines.append(
         f"            pilot burst {pilot.get('requests')}: "
@@ -1530,6 +1614,8 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"ceiling: raw aiokafka loop over {plan.ceiling_n} messages")
             result["ceiling"] = asyncio.run(bench_ceiling(bootstrap, f"raw{run}.", plan.ceiling_n))
             _log(f"ceiling: {result['ceiling']['msgs_per_s']:.0f} msgs/s")
+            _log(f"floor: a Faust agent with xsp's settings over {plan.floor_n} events, twice")
+            result["faust_floor"] = _run_floor(base, workdir, run, plan.floor_n)
             peak_settings = base.with_overrides(
                 app_id=f"bench-{run}",
                 topic_prefix=f"bench{run}.",
@@ -1553,6 +1639,9 @@ def main(argv: list[str] | None = None) -> int:
                         args.latency_rate,
                     )
                 )
+            )
+            result["floor_model"] = floor_model(
+                result.get("peak", {}), result["faust_floor"], peak_settings
             )
         if args.only != "throughput":
             mem_settings = base.with_overrides(
