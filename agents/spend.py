@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from faust import StreamT
 
-from agents.wiring import dead_letter
+from agents.wiring import dead_letter, publish
 from streams.app import XspApp
 from streams.pipeline import DeadLetterError, decode_or_dead_letter
 from streams.records import SpendEvent, encode
@@ -41,7 +41,10 @@ def register(app: XspApp) -> None:
             except DeadLetterError as exc:
                 await dead_letter(app, event, STAGE, str(exc))
                 continue
-            await topics.budget_requests.send(
-                key=spend_event.campaign_id.encode(), value=encode(spend_event)
+            await publish(
+                app,
+                topics.names.budget_requests,
+                spend_event.campaign_id.encode(),
+                encode(spend_event),
             )
             metrics.event_out(STAGE, topics.names.budget_requests)

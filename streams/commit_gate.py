@@ -9,7 +9,10 @@ two different decisions (session 13, traced in docs/history.md). Kafka
 Streams cannot hit this because its thread commits between records; here
 agents and the commit loop are tasks on one event loop, so the gate makes
 "between records" explicit: a commit waits until no event is being
-processed and holds new events back until it has ended.
+processed and holds new events back until it has ended. Since session 18
+agents hand an event's rows and outputs to the producer themselves
+(``agents/wiring.py``), but each hand-over is an await, so a commit could
+still fall between two of them without the gate.
 
 The gate costs a counter per event when nothing commits (at-least-once never
 closes it). Pure asyncio: no Faust import.

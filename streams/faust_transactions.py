@@ -92,6 +92,11 @@ async def drain(producer: Any) -> None:
     sustained burst, and a commit then waited 10-18 s, long enough for the
     commit guard to take the partitions for stuck and ask for a rebalance
     that re-processed every message since the last commit.
+
+    Since session 18 xsp's agents hand their table writes and outputs to
+    the producer themselves (``agents/wiring.py``), so the buffer is
+    normally empty; what they handed over sits in aiokafka's batches, which
+    ``flush_handed_over`` waits for.
     """
     buffer = producer.buffer
     target = buffer.xsp_handed_over + buffer.size + buffer.xsp_sending

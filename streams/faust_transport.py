@@ -321,24 +321,7 @@ class _Consumer(faust_aiokafka.Consumer):
             gaps.chop(0, max(top, absent[-1].end))
 
 
-# Table writes Faust's producer buffer may hold, under at-least-once, before
-# the consumer stops handing messages to the streams and sends them itself.
-# Faust's 100 is below what one admit batch writes (up to 500 requests, two
-# rows each): every batch of a burst tripped it, logged "producer buffer full"
-# at WARNING (327-390 times per chaos run) and held up message delivery while
-# it sent 100 writes. Exactly-once keeps Faust's 100: a commit drains the
-# buffer while it holds the commit gate, and a buffer allowed to grow made
-# those pauses longer (bursts 370, 353, 320 against 424, 386, 481 decisions/s).
-PRODUCER_BUFFER_MAX_MESSAGES = 2_000
-
-
 class _Producer(faust_aiokafka.Producer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        settings = getattr(self.app, "xsp_settings", None)
-        if settings is not None and not settings.exactly_once:
-            self.buffer.max_messages = PRODUCER_BUFFER_MAX_MESSAGES
-
     async def flush(self) -> None:
         """Every message handed over before the call is acked (``drain``).
 
