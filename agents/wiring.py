@@ -59,9 +59,9 @@ class TableStore:
 
     Why not ``table[key] = value``: Faust sends each changelog record through
     its topic machinery (a FutureMessage, the producer buffer, a sender task,
-    callbacks and sensors), ~100 µs of CPU per write on session 18's box
-    (``bench_pipeline``'s floor row) against ~20 µs for handing the same
-    record to the producer; a decision writes about four. The records, their
+    callbacks and sensors), 102-148 µs of CPU per write on session 18's box
+    (``bench_pipeline``'s floor row) against 23-75 µs for this path; a
+    decision writes about four. The records, their
     partitions and their order are the ones Faust would send, and each ack
     goes to the table's own ``_on_changelog_sent`` (a RocksDB store's
     persisted offset), as Faust's do.
