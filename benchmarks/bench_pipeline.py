@@ -311,15 +311,20 @@ class DecisionWatcher:
 # --------------------------------------------------------------------------- 1. ceiling
 
 
+def _backlog(prefix: str, n: int) -> list[tuple[bytes, bytes]]:
+    """``n`` (key, request) pairs over 10,000 users, one campaign: ceiling and floor input."""
+    now = int(time.time() * 1000)
+    return [
+        (f"u{i % 10_000}".encode(), _request(f"{prefix}-{i}", f"u{i % 10_000}", "bench-0", now))
+        for i in range(n)
+    ]
+
+
 async def bench_ceiling(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
     """Raw aiokafka consume -> produce over a backlog of ``n`` request-sized messages."""
     src, dst = f"{prefix}ceiling-in", f"{prefix}ceiling-out"
     await create_topics(bootstrap, [src, dst], partitions=4)
-    now = int(time.time() * 1000)
-    items = [
-        (f"u{i % 10_000}".encode(), _request(f"c-{i}", f"u{i % 10_000}", "bench-0", now))
-        for i in range(n)
-    ]
+    items = _backlog("c", n)
     producer = await _bulk_producer(bootstrap)
     try:
         await _send_all(producer, src, items)
@@ -369,13 +374,8 @@ async def bench_ceiling(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
 
 def _run_floor(base: Settings, workdir: Path, run: str, n: int) -> dict[str, Any]:
     """Phase 1b (``benchmarks.faust_floor``); a failure is reported, not fatal to the run."""
-    now = int(time.time() * 1000)
-    items = [
-        (f"u{i % 10_000}".encode(), _request(f"f-{i}", f"u{i % 10_000}", "bench-0", now))
-        for i in range(n)
-    ]
     try:
-        floor = asyncio.run(bench_faust_floor(base, workdir, run, items))
+        floor = asyncio.run(bench_faust_floor(base, workdir, run, _backlog("f", n)))
     except RuntimeError as exc:
         _log(f"floor: failed: {exc}")
         return {"error": str(exc)}

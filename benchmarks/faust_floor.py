@@ -4,7 +4,8 @@
 benchmarks.faust_floor``) in three modes, one after the other, on the same
 broker as the rest of the run:
 
-- ``send``: one agent, each event sends one message;
+- ``send``: one agent, each event sends one message (``agents.wiring.publish``,
+  as xsp's agents send);
 - ``write``: the same, plus four table writes the way xsp's agents write
   (``agents.wiring.TableStore``: the store, then the changelog records handed
   to the producer);
@@ -32,12 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.wiring import TableStore
+from agents.wiring import TableStore, publish
 from benchmarks.cpu import proc_cpu_s
 from streams.app import XspApp, create_app
-from streams.kafka_io import create_topics
+from streams.kafka_io import create_topics, produce
+from streams.replay import changelog_topic
 from streams.settings import Settings
 
 __all__ = ["FloorTopics", "bench_faust_floor", "build_app", "floor_ms_per_decision"]
@@ -68,7 +70,6 @@ def build_app(settings: Settings, *, mode: str) -> XspApp:
     app = create_app(settings, register_agents=False)
     names = FloorTopics.from_prefix(settings.topic_prefix)
     source = app.topic(names.source, key_serializer="raw", value_serializer="raw")
-    sink = app.topic(names.sink, key_serializer="raw", value_serializer="raw")
     table = app.xsp_tables.frequency
     store = TableStore(table)
 
@@ -82,7 +83,7 @@ def build_app(settings: Settings, *, mode: str) -> XspApp:
             elif mode == "faust-write":
                 for key in _write_keys(event.key):
                     table[key] = event.value
-            await sink.send(key=event.key, value=event.value)
+            await publish(app, names.sink, event.key, event.value)
 
     return app
 
@@ -131,7 +132,7 @@ async def _one_mode(
     timeout_s: float,
 ) -> dict[str, Any]:
     names = FloorTopics.from_prefix(settings.topic_prefix)
-    changelog = f"{settings.app_id}-frequency-changelog"
+    changelog = changelog_topic(settings.app_id, "frequency")
     await create_topics(
         settings.bootstrap_servers,
         [names.source, names.sink, changelog],
@@ -147,24 +148,20 @@ async def _one_mode(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, linger_ms=5, max_batch_size=256 * 1024
-    )
-    watcher = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
-    await producer.start()
+    bootstrap = settings.bootstrap_servers
+    watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await watcher.start()
     try:
         tps = [TopicPartition(names.sink, p) for p in range(settings.partitions)]
         warm = items[:WARM_UP_EVENTS]
-        await asyncio.gather(*[await producer.send(names.source, key=k, value=v) for k, v in warm])
+        await produce(bootstrap, names.source, warm)
         await _wait_for(watcher, tps, len(warm), process, log_path, timeout_s)
         cpu0, t0 = proc_cpu_s(process.pid), time.time()
-        await asyncio.gather(*[await producer.send(names.source, key=k, value=v) for k, v in items])
+        await produce(bootstrap, names.source, items)
         t1 = await _wait_for(watcher, tps, len(warm) + len(items), process, log_path, timeout_s)
         cpu = proc_cpu_s(process.pid) - cpu0
     finally:
         await watcher.stop()
-        await producer.stop()
         process.terminate()
         try:
             process.wait(timeout=30)

@@ -17,12 +17,11 @@ from pathlib import Path
 
 from rocksdict import AccessType, Rdict
 
-from streams.kafka_io import read_topic
+from streams.kafka_io import produce, read_topic
 from streams.records import AdRequest, encode
 from streams.replay import changelog_topic
 from tests.conftest import Stack
 from tests.integration.test_money import await_decisions, campaign
-from tests.integration.test_pruning import _send
 
 # Faust's RocksDB store keeps its persisted changelog offset under this key.
 OFFSET_KEY = b"__faust\0offset__"
@@ -54,8 +53,8 @@ def test_a_clean_stop_leaves_every_store_at_its_changelog_end(xsp_stack: Stack) 
         AdRequest(request_id=f"persist-{i}", user_id=f"persist-user-{i}", timestamp=now + i)
         for i in range(24)
     ]
-    items = [(r.user_id.encode(), encode(r), None, now) for r in requests]
-    asyncio.run(_send(xsp_stack, xsp_stack.names.ad_requests, items))
+    items = [(r.user_id.encode(), encode(r)) for r in requests]
+    asyncio.run(produce(xsp_stack.settings.bootstrap_servers, xsp_stack.names.ad_requests, items))
     decisions = await_decisions(xsp_stack, {r.request_id for r in requests})
     assert {d[0].status for d in decisions.values()} == {"filled"}
     worker.stop()
