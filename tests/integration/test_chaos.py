@@ -91,7 +91,7 @@ class Killer(threading.Thread):
 # different decisions); its causes, a stray Resolution of an aborted reservation and
 # a commit that fell between an event's outputs and its buffered table rows, are
 # fixed (streams/commit_gate.py): 24 of 24 runs in session 14, 10 of 10 in session 15,
-# 9 of 9 in session 16, 8 of 8 in session 17, 5 of 5 in session 18 (README "Known limits").
+# 9 of 9 in session 16, 8 of 8 in session 17, 6 of 6 in session 18 (README "Known limits").
 @pytest.mark.parametrize(
     ("store", "guarantee"),
     [
